@@ -1,0 +1,1 @@
+//! The conformance scenarios of `CONFORMANCE.md`, run by every backend's tests.
