@@ -1,1 +1,24 @@
-//! cthulu-client
+//! Typed async client of the Cthulu HTTP and WebSocket API (docs/api.md, docs/streaming.md).
+//!
+//! - [`CthuluClient`]: one method per route, built on `reqwest`; its methods are spread
+//!   over one module per resource (`sandboxes`, `exec`, `files`, `ports`, `checkpoints`).
+//! - [`ExecSession`]: a streaming exec or an attach over WebSocket. It yields
+//!   [`ExecEvent`]s (stdout, stderr, exit); its cloneable [`ExecSender`] sends stdin,
+//!   EOF, signals and terminal resizes.
+//! - [`ClientError`]: every failure, with the server's [`ApiError`](cthulu_types::ApiError)
+//!   parsed from the error body and a clear message when the server is not reachable.
+
+mod checkpoints;
+mod client;
+mod error;
+mod exec;
+mod files;
+mod ports;
+mod sandboxes;
+mod stream;
+
+pub use client::{CthuluClient, DEFAULT_URL};
+pub use error::ClientError;
+pub use files::{FileDownload, ProgressCallback, PutFileOptions};
+pub use sandboxes::SandboxFilter;
+pub use stream::{ExecEvent, ExecExit, ExecSender, ExecSession};
