@@ -1,1 +1,121 @@
-//! cthulu-test-support
+//! Test helpers shared by the integration tests: [`TestServer`] starts the real server on
+//! a loopback port with its own `$CTHULU_HOME`, and can restart it on the same home.
+
+use std::path::{Path, PathBuf};
+
+use cthulu_host::ShimCommand;
+use cthulu_server::{Server, ServerConfig};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The host backend's shim binary, built by cargo next to the test binaries.
+pub fn shim_command() -> ShimCommand {
+    let program = target_dir().join("cthulu-shim");
+    assert!(
+        program.exists(),
+        "{} is missing: build it with `cargo build -p cthulu-host --bin cthulu-shim` (cargo nextest run --workspace builds it)",
+        program.display()
+    );
+    ShimCommand {
+        program,
+        args: Vec::new(),
+    }
+}
+
+/// `target/debug` (or the profile's directory) of the running test binary.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    // target/debug/deps/<test>-<hash> → target/debug
+    let deps = exe.parent().expect("the test binary is in a directory");
+    if deps.ends_with("deps") {
+        deps.parent().expect("deps has a parent").to_owned()
+    } else {
+        deps.to_owned()
+    }
+}
+
+/// A real server on 127.0.0.1 with a private home, stopped when dropped.
+pub struct TestServer {
+    home: TempDir,
+    url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let home = tempfile::Builder::new()
+            .prefix("cthulu-test-")
+            .tempdir()
+            .expect("a temporary home");
+        TestServer::start_in(home).await
+    }
+
+    async fn start_in(home: TempDir) -> TestServer {
+        let config = ServerConfig {
+            home: home.path().to_owned(),
+            listen: "127.0.0.1:0".parse().expect("a loopback address"),
+            default_backend: None,
+            host_shim: shim_command(),
+        };
+        let server = Server::start(config).await.expect("the server starts");
+        let url = format!("http://{}", server.local_addr());
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run_until(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("the server runs");
+        });
+        TestServer {
+            home,
+            url,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// `url` + `path`.
+    pub fn api(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// Stops the server gracefully and starts a new one on the same home (a new port).
+    pub async fn restart(mut self) -> TestServer {
+        self.stop().await;
+        let home = std::mem::replace(
+            &mut self.home,
+            tempfile::tempdir().expect("a placeholder directory"),
+        );
+        TestServer::start_in(home).await
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}

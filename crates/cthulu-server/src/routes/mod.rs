@@ -1,0 +1,179 @@
+//! The HTTP routes (docs/api.md), the extractors that turn bad input into clear errors,
+//! and the middleware: authentication, metrics.
+
+mod checkpoints;
+mod exec;
+mod files;
+mod ports;
+mod processes;
+mod sandboxes;
+mod stream;
+mod system;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use cthulu_types::{ErrorCode, SandboxId};
+
+use crate::error::{ApiFailure, ApiResult};
+use crate::state::AppState;
+
+pub use system::ApiDoc;
+
+/// Largest JSON body accepted.
+pub const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
+
+/// A JSON body whose rejection is an [`ApiFailure`] naming the bad field.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiFailure))]
+pub struct ApiJson<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// A query string whose rejection is an [`ApiFailure`].
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiFailure))]
+pub struct ApiQuery<T>(pub T);
+
+/// Parses a sandbox id from the path; an id that cannot exist is simply not found.
+pub fn sandbox_id(raw: &str) -> ApiResult<SandboxId> {
+    SandboxId::parse(raw).map_err(|_| {
+        ApiFailure::new(
+            ErrorCode::SandboxNotFound,
+            format!("sandbox {raw} not found"),
+        )
+        .with_hint("list sandboxes with `cthulu sandbox ls`")
+    })
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/info", get(system::info))
+        .route("/openapi.json", get(system::openapi))
+        .route("/sandboxes", post(sandboxes::create).get(sandboxes::list))
+        .route(
+            "/sandboxes/{id}",
+            get(sandboxes::get)
+                .patch(sandboxes::update)
+                .delete(sandboxes::destroy),
+        )
+        .route("/sandboxes/{id}/stop", post(sandboxes::stop))
+        .route("/sandboxes/{id}/resume", post(sandboxes::resume))
+        .route("/sandboxes/{id}/exec", post(exec::exec))
+        .route("/sandboxes/{id}/exec/ws", get(stream::exec_ws))
+        .route("/sandboxes/{id}/processes", get(processes::list))
+        .route(
+            "/sandboxes/{id}/processes/{process_id}",
+            axum::routing::delete(processes::kill),
+        )
+        .route(
+            "/sandboxes/{id}/processes/{process_id}/signal",
+            post(processes::signal),
+        )
+        .route(
+            "/sandboxes/{id}/processes/{process_id}/ws",
+            get(stream::attach_ws),
+        )
+        .route(
+            "/sandboxes/{id}/files",
+            put(files::put)
+                .get(files::get)
+                .delete(files::remove)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/sandboxes/{id}/dirs", get(files::list_dir))
+        .route(
+            "/sandboxes/{id}/ports",
+            post(ports::expose).get(ports::list),
+        )
+        .route(
+            "/sandboxes/{id}/ports/{port}",
+            axum::routing::delete(ports::unexpose),
+        )
+        .route(
+            "/sandboxes/{id}/checkpoints",
+            post(checkpoints::create).get(checkpoints::list),
+        )
+        .route(
+            "/sandboxes/{id}/checkpoints/{checkpoint}",
+            axum::routing::delete(checkpoints::delete),
+        )
+        .route(
+            "/sandboxes/{id}/checkpoints/{checkpoint}/restore",
+            post(checkpoints::restore),
+        );
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/metrics", get(system::metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route("/healthz", get(system::healthz))
+        .route("/", get(system::status_page))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiFailure {
+    ApiFailure::new(ErrorCode::BadRequest, "no such route")
+        .with_hint("see docs/api.md or GET /api/v1/openapi.json")
+}
+
+/// Once an API key exists, every request needs `Authorization: Bearer <key>`.
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match check_token(&state, &request) {
+        Ok(()) => next.run(request).await,
+        Err(failure) => failure.into_response(),
+    }
+}
+
+fn check_token(state: &AppState, request: &Request) -> ApiResult<()> {
+    if !state.db.has_api_keys()? {
+        return Ok(());
+    }
+    let unauthorized = |message: &str| {
+        ApiFailure::new(ErrorCode::Unauthorized, message)
+            .with_hint("send Authorization: Bearer <key> (CLI: export CTHULU_TOKEN=<key>); create a key with `cthulu key create`")
+    };
+    let header = request
+        .headers()
+        .get(AUTHORIZATION)
+        .ok_or_else(|| unauthorized("missing API key"))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| unauthorized("the Authorization header is not `Bearer <key>`"))?;
+    if state.db.api_key_valid(token)? {
+        Ok(())
+    } else {
+        Err(unauthorized("invalid API key"))
+    }
+}
+
+async fn count_responses(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    state.metrics.count_response(response.status().as_u16());
+    response
+}

@@ -1,0 +1,188 @@
+//! Starting, serving and stopping the server.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cthulu_core::{SandboxError, SandboxProvider};
+use cthulu_host::{HostConfig, HostProvider};
+use cthulu_types::BackendKind;
+
+use crate::db::{Database, DbError};
+use crate::state::AppState;
+
+/// How often sandboxes past their lifetime are looked for.
+const REAPER_PERIOD: Duration = Duration::from_secs(1);
+/// How long shutdown waits for open connections (streams) before it stops anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How to start the server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// State directory (`$CTHULU_HOME`, default `~/.cthulu`).
+    pub home: PathBuf,
+    /// Where to listen; loopback by default.
+    pub listen: SocketAddr,
+    /// Backend used when a create request names none.
+    pub default_backend: Option<BackendKind>,
+    /// How the host backend starts its process shim (`cthulu __shim` in production).
+    pub host_shim: cthulu_host::ShimCommand,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create the state directory {path}")]
+    Home {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Database(#[from] DbError),
+    #[error("cannot start the {backend} backend")]
+    Backend {
+        backend: BackendKind,
+        #[source]
+        source: SandboxError,
+    },
+    #[error("the default backend {backend} is not available here: {reason}")]
+    DefaultBackend {
+        backend: BackendKind,
+        reason: String,
+    },
+    #[error("cannot re-attach to the sandboxes of {path}: {message}")]
+    Reattach { path: PathBuf, message: String },
+    #[error("cannot listen on {address}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A bound server, not yet serving.
+pub struct Server {
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    local_addr: SocketAddr,
+}
+
+fn database_path(home: &Path) -> PathBuf {
+    home.join("cthulu.db")
+}
+
+fn open_database(home: &Path) -> Result<Database, ServerError> {
+    fs_err::create_dir_all(home).map_err(|source| ServerError::Home {
+        path: home.to_owned(),
+        source,
+    })?;
+    Ok(Database::open(&database_path(home))?)
+}
+
+impl Server {
+    /// Opens the database, re-attaches to existing sandboxes and binds the listener.
+    pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        let db = open_database(&config.home)?;
+        let mut providers: BTreeMap<BackendKind, Arc<dyn SandboxProvider>> = BTreeMap::new();
+        let host = HostProvider::new(HostConfig {
+            root: config.home.join("sandboxes").join("host"),
+            shim: config.host_shim.clone(),
+        })
+        .map_err(|source| ServerError::Backend {
+            backend: BackendKind::Host,
+            source,
+        })?;
+        providers.insert(BackendKind::Host, Arc::new(host));
+
+        let default_backend = config.default_backend.unwrap_or(BackendKind::Host);
+        match providers
+            .get(&default_backend)
+            .map(|provider| provider.info())
+        {
+            Some(info) if info.available => {}
+            Some(info) => {
+                return Err(ServerError::DefaultBackend {
+                    backend: default_backend,
+                    reason: info.unavailable_reason.unwrap_or_default(),
+                })
+            }
+            None => {
+                return Err(ServerError::DefaultBackend {
+                    backend: default_backend,
+                    reason: "not built into this server".into(),
+                })
+            }
+        }
+
+        let state = Arc::new(AppState::new(db, providers, default_backend));
+        state
+            .reattach_all()
+            .await
+            .map_err(|failure| ServerError::Reattach {
+                path: database_path(&config.home),
+                message: failure.message,
+            })?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                address: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            address: config.listen,
+            source,
+        })?;
+        Ok(Server {
+            state,
+            listener,
+            local_addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then gives open connections a few seconds.
+    /// Detached processes and every sandbox keep running; a restarted server finds them.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let reaper = self.state.spawn_reaper(REAPER_PERIOD);
+        let app = crate::routes::router(self.state.clone());
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopping_tx.send(());
+        });
+        let serve = tokio::spawn(async move { serve.await });
+        tokio::pin!(serve);
+        let outcome = tokio::select! {
+            outcome = &mut serve => outcome,
+            _ = async {
+                let _ = stopping_rx.await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; stopping anyway");
+                serve.abort();
+                Ok(Ok(()))
+            }
+        };
+        reaper.abort();
+        match outcome {
+            Ok(result) => result.map_err(ServerError::Serve),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Creates an API key in the database under `home` and returns it (shown once).
+pub fn create_api_key(home: &Path, name: Option<&str>) -> Result<String, ServerError> {
+    Ok(open_database(home)?.create_api_key(name)?)
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the server: the real server on a loopback port, the real host
+//! backend, plain HTTP and WebSocket clients.
+
+mod api;
+mod auth;
+mod errors;
+mod lifetime;
+mod openapi;
+mod restart;
+mod support;
+mod websocket;
