@@ -17,8 +17,9 @@ use crate::SandboxSpec;
 pub const HOST_SECRET_VAR: &str = "CTHULU_CONFORMANCE_SECRET";
 pub const HOST_SECRET_VALUE: &str = "host-secret-that-must-not-reach-a-sandbox";
 
-/// Ends a stuck scenario; the 100 MiB round trip on a slow disk is the longest.
-const SCENARIO_LIMIT: Duration = Duration::from_secs(600);
+/// Ends a stuck scenario in time to clean up before nextest kills the test (after 5
+/// minutes, `.config/nextest.toml`).
+const SCENARIO_LIMIT: Duration = Duration::from_secs(240);
 /// How long traces of a destroyed sandbox may take to disappear.
 const LEFTOVER_LIMIT: Duration = Duration::from_secs(10);
 
@@ -45,13 +46,13 @@ pub async fn run_scenario<F, Fut>(
     set_host_secret();
     let backend = target.name();
     if needs == Needs::Isolation && !target.isolating() {
-        eprintln!("SKIP {backend}: not an isolating backend");
+        report_skip(&format!("SKIP {backend}: not an isolating backend"));
         return;
     }
     let provider = match target.provider() {
         Ok(provider) => provider,
         Err(reason) => {
-            eprintln!("SKIP {backend}: {reason}");
+            report_skip(&format!("SKIP {backend}: {reason}"));
             return;
         }
     };
@@ -60,7 +61,7 @@ pub async fn run_scenario<F, Fut>(
         let reason = info
             .unavailable_reason
             .unwrap_or_else(|| "the provider says it is unavailable".into());
-        eprintln!("SKIP {backend}: {reason}");
+        report_skip(&format!("SKIP {backend}: {reason}"));
         return;
     }
 
@@ -102,7 +103,7 @@ pub async fn run_scenario<F, Fut>(
     match (verdict, problems.is_empty()) {
         (Ok(()), true) => {}
         (Err(Verdict::Skipped(reason)), true) => {
-            eprintln!("SKIP {backend}: {scenario} {reason}");
+            report_skip(&format!("SKIP {backend}: {scenario} {reason}"));
         }
         (Err(Verdict::Failed(message)), _) => {
             let cleanup = if problems.is_empty() {
@@ -118,6 +119,30 @@ pub async fn run_scenario<F, Fut>(
         ),
     }
 }
+
+/// Prints a `SKIP` line to stderr and, when `$CTHULU_SKIP_LOG` names a file, appends it
+/// there too: nextest hides a passing test's output, and `scripts/test` shows that file.
+pub(super) fn report_skip(line: &str) {
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os(SKIP_LOG_VAR) {
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| {
+                std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes())
+            });
+        if let Err(error) = appended {
+            eprintln!(
+                "cannot append to {}: {error}",
+                std::path::Path::new(&path).display()
+            );
+        }
+    }
+}
+
+/// The file `SKIP` lines are collected in, if set.
+pub const SKIP_LOG_VAR: &str = "CTHULU_SKIP_LOG";
 
 enum Verdict {
     Skipped(String),

@@ -112,7 +112,11 @@ impl Sandbox {
 
     /// Prints that part of a scenario did not run, in the one sanctioned form.
     pub fn note_skip(&self, what: impl fmt::Display) {
-        eprintln!("SKIP {}: {} {what}", self.backend(), self.scenario());
+        super::runner::report_skip(&format!(
+            "SKIP {}: {} {what}",
+            self.backend(),
+            self.scenario()
+        ));
     }
 
     /// A skip of the whole scenario, for `return Err(...)`.

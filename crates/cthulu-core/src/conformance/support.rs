@@ -397,3 +397,52 @@ pub async fn http_get(url: &str, path: &str, limit: Duration) -> Result<String, 
         .await
         .unwrap_or_else(|_| Err(format!("GET {url} hung for {limit:?}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pattern_reader_and_comparison_agree() {
+        let mut produced = Vec::new();
+        PatternReader::new(1_000_003)
+            .read_to_end(&mut produced)
+            .await
+            .unwrap();
+        assert_eq!(produced.len(), 1_000_003);
+        let read = compare_with_pattern(io::Cursor::new(produced.clone()))
+            .await
+            .unwrap();
+        assert_eq!(read, 1_000_003);
+        produced[777] ^= 1;
+        let error = compare_with_pattern(io::Cursor::new(produced))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("offset 777"), "{error}");
+    }
+
+    #[test]
+    fn canary_notices_changes() {
+        let canary = Canary::new().unwrap();
+        canary.check_untouched().unwrap();
+        std::fs::write(canary.path().join("sub/extra"), "x").unwrap();
+        assert!(canary.check_untouched().is_err());
+        std::fs::remove_file(canary.path().join("sub/extra")).unwrap();
+        std::fs::write(canary.path().join("victim.txt"), "changed").unwrap();
+        assert!(canary.check_untouched().is_err());
+    }
+
+    #[test]
+    fn expected_codes() {
+        let refused: Result<(), SandboxError> = Err(SandboxError::PathOutsideSandbox {
+            path: "../x".into(),
+        });
+        assert!(expect_code(refused, ErrorCode::PathOutsideSandbox, "put").is_ok());
+        let wrong: Result<(), SandboxError> = Err(SandboxError::FileNotFound { path: "x".into() });
+        let message = expect_code(wrong, ErrorCode::PathOutsideSandbox, "put")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("file_not_found"), "{message}");
+        assert!(expect_code(Ok(()), ErrorCode::PathOutsideSandbox, "put").is_err());
+    }
+}

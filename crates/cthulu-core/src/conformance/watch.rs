@@ -174,3 +174,15 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         .collect();
     needle.is_empty() || cleaned.windows(needle.len()).any(|window| window == needle)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::contains;
+
+    #[test]
+    fn contains_ignores_terminal_carriage_returns() {
+        assert!(contains(b"a\r\nb\r\n", b"a\nb\n"));
+        assert!(contains(b"anything", b""));
+        assert!(!contains(b"a\r\n", b"b"));
+    }
+}
