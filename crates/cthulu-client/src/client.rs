@@ -139,7 +139,7 @@ impl CthuluClient {
             if source.is_connect() {
                 ClientError::Unreachable {
                     url: self.base_url.to_string(),
-                    source: Box::new(source),
+                    source: root_cause(source),
                 }
             } else {
                 ClientError::Request {
@@ -191,6 +191,19 @@ impl CthuluClient {
     /// Sends a request whose answer has no body worth reading (204).
     pub(crate) async fn send_empty(&self, builder: RequestBuilder) -> Result<(), ClientError> {
         self.send(builder).await.map(drop)
+    }
+}
+
+/// The innermost cause of a connection failure ("Connection refused"), without the
+/// layers of reqwest and hyper around it.
+fn root_cause(error: reqwest::Error) -> Box<dyn std::error::Error + Send + Sync> {
+    let mut cause: &(dyn std::error::Error + 'static) = &error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    match cause.downcast_ref::<std::io::Error>() {
+        Some(io_error) => Box::new(std::io::Error::new(io_error.kind(), io_error.to_string())),
+        None => Box::new(error),
     }
 }
 

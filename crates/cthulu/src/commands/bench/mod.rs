@@ -1,0 +1,162 @@
+//! `cthulu bench`: latency, throughput and memory of every available backend, measured
+//! through the real HTTP API of an in-process server (or of the server at `--url`).
+
+mod measure;
+mod report;
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use cthulu_client::CthuluClient;
+use cthulu_server::{Server, ServerConfig};
+use cthulu_types::BackendKind;
+use tokio::sync::oneshot;
+
+use crate::cli::GlobalArgs;
+use crate::output::print_json;
+use report::BenchReport;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Only this backend [default: every available one]
+    #[arg(long, value_parser = crate::parse::backend)]
+    pub backend: Option<BackendKind>,
+    /// Samples of each latency measurement
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub iterations: u32,
+    /// Idle sandboxes created to measure memory per sandbox (0 skips it)
+    #[arg(long, default_value_t = 1000)]
+    pub sandboxes: u32,
+    /// Bytes streamed, uploaded and downloaded by the throughput measurements, in MiB
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub transfer_mib: u64,
+}
+
+/// The server under test: ours, in this process, or someone else's.
+struct Target {
+    client: CthuluClient,
+    description: String,
+    in_process: Option<InProcessServer>,
+}
+
+struct InProcessServer {
+    shutdown: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), cthulu_server::ServerError>>,
+    // Removed (with every sandbox's files) when the bench ends.
+    _home: tempfile::TempDir,
+}
+
+async fn start_target(global: &GlobalArgs) -> anyhow::Result<Target> {
+    if global.url.is_some() {
+        let client = super::client(global)?;
+        return Ok(Target {
+            description: client.base_url().to_string(),
+            client,
+            in_process: None,
+        });
+    }
+    let home = tempfile::Builder::new()
+        .prefix("cthulu-bench-")
+        .tempdir()
+        .context("cannot create a temporary home for the bench server")?;
+    let config = ServerConfig {
+        home: home.path().to_owned(),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        default_backend: None,
+        host_shim: super::serve::shim_command()?,
+    };
+    let server = Server::start(config)
+        .await
+        .context("cannot start the in-process bench server")?;
+    let address = server.local_addr();
+    let (shutdown, shutdown_received) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run_until(async move {
+        let _ = shutdown_received.await;
+    }));
+    let client = CthuluClient::new(&format!("http://{address}"), None)
+        .context("cannot set up the API client")?;
+    Ok(Target {
+        client,
+        description: format!("in-process server on {address}"),
+        in_process: Some(InProcessServer {
+            shutdown,
+            task,
+            _home: home,
+        }),
+    })
+}
+
+pub async fn run(global: &GlobalArgs, args: BenchArgs) -> anyhow::Result<u8> {
+    let target = start_target(global).await?;
+    let outcome = bench(&target, &args).await;
+    if let Some(server) = target.in_process {
+        let _ = server.shutdown.send(());
+        match tokio::time::timeout(std::time::Duration::from_secs(10), server.task).await {
+            Ok(Ok(Err(error))) => tracing::warn!("the bench server failed: {error}"),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("the bench server did not stop within 10 s"),
+        }
+    }
+    let report = outcome?;
+    if global.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(crate::exit::SUCCESS)
+}
+
+async fn bench(target: &Target, args: &BenchArgs) -> anyhow::Result<BenchReport> {
+    let info = target
+        .client
+        .info()
+        .await
+        .context("cannot get the server's info")?;
+    let backends: Vec<_> = info
+        .backends
+        .iter()
+        .filter(|backend| args.backend.is_none_or(|wanted| wanted == backend.kind))
+        .collect();
+    if let Some(wanted) = args.backend {
+        let found = backends
+            .first()
+            .with_context(|| format!("the server has no {wanted} backend"))?;
+        anyhow::ensure!(
+            found.available,
+            "the {wanted} backend is unavailable: {}",
+            found
+                .unavailable_reason
+                .as_deref()
+                .unwrap_or("no reason given")
+        );
+    }
+    let mut reports = Vec::new();
+    for backend in backends {
+        if !backend.available {
+            eprintln!(
+                "bench: SKIP {}: {}",
+                backend.kind,
+                backend
+                    .unavailable_reason
+                    .as_deref()
+                    .unwrap_or("unavailable")
+            );
+            continue;
+        }
+        let bench = measure::BackendBench {
+            client: &target.client,
+            backend,
+            iterations: args.iterations,
+            transfer_bytes: args.transfer_mib * 1024 * 1024,
+            idle_sandboxes: args.sandboxes,
+            measure_memory: target.in_process.is_some(),
+        };
+        reports.push(bench.run().await);
+    }
+    Ok(BenchReport {
+        server: target.description.clone(),
+        version: info.version,
+        iterations: args.iterations,
+        backends: reports,
+    })
+}

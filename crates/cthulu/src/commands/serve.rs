@@ -1,0 +1,65 @@
+//! `cthulu serve`: runs the server until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use cthulu_host::ShimCommand;
+use cthulu_server::{Server, ServerConfig};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on
+    #[arg(long, env = "CTHULU_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// State directory [default: ~/.cthulu]
+    #[arg(long, env = "CTHULU_HOME")]
+    pub home: Option<PathBuf>,
+}
+
+/// How the host backend starts its process shim: this very binary, `cthulu __shim`.
+pub fn shim_command() -> anyhow::Result<ShimCommand> {
+    let program = std::env::current_exe().context("cannot find the path of this executable")?;
+    Ok(ShimCommand {
+        program,
+        args: vec![super::shim::SUBCOMMAND.into()],
+    })
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
+    let home = super::home_dir(args.home)?;
+    let config = ServerConfig {
+        home: home.clone(),
+        listen: args.listen,
+        default_backend: None,
+        host_shim: shim_command()?,
+    };
+    let server = Server::start(config)
+        .await
+        .with_context(|| format!("cannot start the server with home {}", home.display()))?;
+    let address = server.local_addr();
+    tracing::info!(home = %home.display(), "listening on http://{address}");
+    server
+        .run_until(shutdown_signal())
+        .await
+        .context("the server failed")?;
+    tracing::info!("stopped");
+    Ok(crate::exit::SUCCESS)
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(terminate) => terminate,
+        Err(error) => {
+            tracing::warn!("cannot watch for SIGTERM: {error}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
+        _ = terminate.recv() => tracing::info!("terminated, shutting down"),
+    }
+}
