@@ -1,0 +1,10 @@
+//! Integration tests of the `cthulu` binary against a real `cthulu serve` child process.
+
+mod auth;
+mod errors;
+mod files;
+mod processes;
+mod run;
+mod sandboxes;
+mod shell;
+mod support;
