@@ -1,10 +1,45 @@
-//! The host backend (being written).
+//! The host backend: sandboxes that are plain host processes working in a directory of
+//! their own. No isolation at all (trusted work only); it is the reference implementation
+//! of the sandbox contract that every other backend is measured against.
+//!
+//! - [`HostProvider`] (built from a [`HostConfig`]) implements
+//!   [`SandboxProvider`](cthulu_core::SandboxProvider): it makes, lists and re-attaches
+//!   sandboxes under `<root>/<sandbox_id>/`.
+//! - [`HostSandbox`] implements [`SandboxHandle`](cthulu_core::SandboxHandle): one-shot
+//!   exec runs the program directly with `tokio::process`; streaming exec, PTYs and detached
+//!   processes run under the [`shim`], a small process of their own that outlives a restart
+//!   of the server; files resolve race-free beneath the workspace (`openat2`
+//!   `RESOLVE_BENEATH`); checkpoints are gzipped tar archives of the workspace; stop and
+//!   resume are `SIGSTOP` / `SIGCONT` to every process group of the sandbox.
+//! - The `cthulu-shim` binary of this crate (and `cthulu __shim`) is [`shim::run`].
+//!
+//! On disk, per sandbox:
+//!
+//! ```text
+//! <root>/<sandbox_id>/state.json     env, status, ports, checkpoints, process records
+//!                    /workspace/     HOME and default cwd of every command
+//!                    /checkpoints/   <checkpoint_id>.tar.gz
+//!                    /procs/<process_id>/   spec.json, sock, pid.json, exit.json, output
+//! ```
 
-use std::path::PathBuf;
+mod checkpoint;
+mod command;
+mod config;
+mod error;
+mod exec;
+mod files;
+mod handle;
+mod ids;
+mod ports;
+mod process_groups;
+mod processes;
+mod provider;
+mod sandbox;
+pub mod shim;
+mod state;
+mod workspace;
 
-/// How to start the host backend's process shim: `program args... <shim arguments>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShimCommand {
-    pub program: PathBuf,
-    pub args: Vec<String>,
-}
+pub use config::{HostConfig, ShimCommand};
+pub use error::HostError;
+pub use provider::HostProvider;
+pub use sandbox::HostSandbox;

@@ -1,0 +1,267 @@
+//! Starting the shim's process (on pipes, or on a new pseudo-terminal) and acting on it:
+//! stdin, EOF, signals, resizes.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::pty::OpenptFlags;
+use rustix::termios::Winsize;
+
+use super::protocol::Channel;
+use super::records::{ShimSpec, SpawnFailure};
+use crate::process_groups;
+
+/// The end-of-file character of a terminal in its default (canonical) mode: Ctrl-D.
+const TERMINAL_EOF: u8 = 0x04;
+
+pub(super) struct SpawnedChild {
+    pub process: Child,
+    pub control: Arc<ChildControl>,
+    /// Where its output comes from: stdout and stderr pipes, or the PTY master alone.
+    pub outputs: Vec<(Channel, File)>,
+}
+
+/// Why the process did not start, for the handshake.
+#[derive(Debug)]
+pub(super) struct SpawnError {
+    pub failure: SpawnFailure,
+    pub message: String,
+}
+
+impl SpawnError {
+    fn other(what: &str, error: impl std::fmt::Display) -> SpawnError {
+        SpawnError {
+            failure: SpawnFailure::Other,
+            message: format!("{what}: {error}"),
+        }
+    }
+}
+
+enum StdinSink {
+    Pipe(ChildStdin),
+    Pty(Arc<File>),
+}
+
+/// What clients may do to the running process. Shared by every client thread.
+pub(super) struct ChildControl {
+    /// The process group; for a PTY also the session.
+    pub pgid: i32,
+    stdin: Mutex<Option<StdinSink>>,
+    /// The PTY master, for resizes.
+    master: Option<Arc<File>>,
+}
+
+impl ChildControl {
+    fn stdin(&self) -> MutexGuard<'_, Option<StdinSink>> {
+        self.stdin
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes to the process's stdin; blocks while the process does not read (like a
+    /// terminal would). Data for a closed stdin is dropped.
+    pub fn write_stdin(&self, data: &[u8]) {
+        let mut stdin = self.stdin();
+        let result = match stdin.as_mut() {
+            Some(StdinSink::Pipe(pipe)) => pipe.write_all(data),
+            Some(StdinSink::Pty(master)) => (&**master).write_all(data),
+            None => Ok(()),
+        };
+        if result.is_err() {
+            // The reading end is gone (EPIPE, or EIO on a hung-up terminal): nobody will
+            // read stdin again.
+            *stdin = None;
+        }
+    }
+
+    /// EOF on stdin: the pipe is closed; a terminal gets its EOF character.
+    pub fn close_stdin(&self) {
+        let mut stdin = self.stdin();
+        if let Some(StdinSink::Pty(master)) = stdin.as_ref() {
+            let _ = (&**master).write_all(&[TERMINAL_EOF]);
+        } else {
+            *stdin = None;
+        }
+    }
+
+    /// Sends `signal` to the process group.
+    pub fn signal(&self, signal: i32) {
+        let _ = process_groups::signal_group(self.pgid, signal);
+    }
+
+    /// SIGKILLs the process group, and for a PTY every job of its session.
+    pub fn kill_all(&self) {
+        if self.master.is_some() {
+            process_groups::signal_session(self.pgid, libc::SIGKILL);
+        } else {
+            let _ = process_groups::signal_group(self.pgid, libc::SIGKILL);
+        }
+    }
+
+    /// Resizes the PTY (the kernel sends SIGWINCH to its foreground group). Ignored
+    /// without a PTY; the handle refuses that case before it gets here.
+    pub fn resize(&self, cols: u16, rows: u16) {
+        if let Some(master) = &self.master {
+            let _ = rustix::termios::tcsetwinsize(&**master, winsize(cols, rows));
+        }
+    }
+}
+
+fn winsize(cols: u16, rows: u16) -> Winsize {
+    Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+/// The command of `spec`, without its stdio: argv, a cleared environment, cwd.
+fn command(spec: &ShimSpec) -> Result<Command, SpawnError> {
+    let (program, args) = spec
+        .argv
+        .split_first()
+        .ok_or_else(|| SpawnError::other("argv", "empty"))?;
+    if !spec.cwd.is_dir() {
+        // Checked here so a vanished cwd is not reported as a missing program (both are
+        // ENOENT from the spawn).
+        return Err(SpawnError::other(
+            "working directory",
+            format!("{} is not a directory", spec.cwd.display()),
+        ));
+    }
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .envs(&spec.env)
+        .current_dir(&spec.cwd);
+    Ok(command)
+}
+
+fn spawn_failure(program: &str, error: io::Error) -> SpawnError {
+    let failure = match error.kind() {
+        io::ErrorKind::NotFound => SpawnFailure::NotFound,
+        io::ErrorKind::PermissionDenied => SpawnFailure::NotExecutable,
+        _ if error.raw_os_error() == Some(libc::ENOEXEC) => SpawnFailure::NotExecutable,
+        _ => SpawnFailure::Other,
+    };
+    SpawnError {
+        failure,
+        message: format!("cannot start {program}: {error}"),
+    }
+}
+
+/// Starts the process of `spec` in a process group of its own (a session of its own on a
+/// PTY).
+pub(super) fn spawn(spec: &ShimSpec) -> Result<SpawnedChild, SpawnError> {
+    match spec.tty {
+        None => spawn_on_pipes(spec),
+        Some(size) => spawn_on_pty(spec, size.cols, size.rows),
+    }
+}
+
+fn spawn_on_pipes(spec: &ShimSpec) -> Result<SpawnedChild, SpawnError> {
+    let mut command = command(spec)?;
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut process = command
+        .spawn()
+        .map_err(|error| spawn_failure(&spec.argv[0], error))?;
+    let stdin = process.stdin.take().map(StdinSink::Pipe);
+    let stdout = process.stdout.take().expect("stdout is piped");
+    let stderr = process.stderr.take().expect("stderr is piped");
+    let pgid = process.id() as i32;
+    Ok(SpawnedChild {
+        process,
+        control: Arc::new(ChildControl {
+            pgid,
+            stdin: Mutex::new(stdin),
+            master: None,
+        }),
+        outputs: vec![
+            (
+                Channel::Stdout,
+                File::from(std::os::fd::OwnedFd::from(stdout)),
+            ),
+            (
+                Channel::Stderr,
+                File::from(std::os::fd::OwnedFd::from(stderr)),
+            ),
+        ],
+    })
+}
+
+fn spawn_on_pty(spec: &ShimSpec, cols: u16, rows: u16) -> Result<SpawnedChild, SpawnError> {
+    let pty = |what: &str, error: rustix::io::Errno| SpawnError::other(what, error);
+    // NOCTTY: the shim is a session leader and must not take the terminal as its own.
+    // CLOEXEC: the process must not inherit the master.
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+            .map_err(|error| pty("openpt", error))?;
+    rustix::pty::grantpt(&master).map_err(|error| pty("grantpt", error))?;
+    rustix::pty::unlockpt(&master).map_err(|error| pty("unlockpt", error))?;
+    let name = rustix::pty::ptsname(&master, Vec::new()).map_err(|error| pty("ptsname", error))?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|error| pty("open the terminal", error))?;
+    rustix::termios::tcsetwinsize(&master, winsize(cols, rows))
+        .map_err(|error| pty("set the terminal size", error))?;
+
+    let mut command = command(spec)?;
+    let stdio = |fd: &std::os::fd::OwnedFd| {
+        fd.try_clone()
+            .map(Stdio::from)
+            .map_err(|error| SpawnError::other("dup the terminal", error))
+    };
+    command
+        .stdin(stdio(&slave)?)
+        .stdout(stdio(&slave)?)
+        .stderr(stdio(&slave)?);
+    // SAFETY: the closure runs in the forked child before exec and only makes two raw
+    // system calls through rustix (setsid, ioctl TIOCSCTTY on fd 0): no allocation, no
+    // locks, nothing that is not async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            // A session of its own makes it the leader that may own the terminal; then the
+            // terminal (already on fd 0) becomes its controlling terminal, so job control
+            // and Ctrl-C work.
+            rustix::process::setsid()?;
+            rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
+            Ok(())
+        });
+    }
+    let process = command
+        .spawn()
+        .map_err(|error| spawn_failure(&spec.argv[0], error))?;
+    // Our copies of the terminal must go, or reading the master would never see the
+    // hang-up once the process and its children have closed theirs.
+    drop(command);
+    drop(slave);
+    let pgid = process.id() as i32;
+    let master = Arc::new(File::from(master));
+    Ok(SpawnedChild {
+        process,
+        control: Arc::new(ChildControl {
+            pgid,
+            stdin: Mutex::new(Some(StdinSink::Pty(master.clone()))),
+            master: Some(master.clone()),
+        }),
+        outputs: vec![(Channel::Stdout, clone_file(&master)?)],
+    })
+}
+
+fn clone_file(file: &File) -> Result<File, SpawnError> {
+    file.try_clone()
+        .map_err(|error| SpawnError::other("dup the terminal", error))
+}

@@ -1,0 +1,76 @@
+//! The process shim: one small process per streamed command, so the command outlives the
+//! server that started it (a dev server an agent leaves running, a shell) and can be
+//! re-attached after `cthulu serve` restarts.
+//!
+//! The handle writes `procs/<process_id>/spec.json` ([`records::ShimSpec`]) and starts
+//! `<shim program> <shim args>... <process directory>` (`cthulu __shim <dir>` in production,
+//! the `cthulu-shim` binary of this crate in tests). [`run`] is the whole program:
+//! [`server`] leaves the server's session, starts the process (on pipes or a PTY),
+//! answers one JSON line on stdout ([`records::Handshake`]), then serves clients on the
+//! Unix socket `sock` with the framed [`protocol`], keeps the last 1 MiB of each output
+//! channel, and records the exit (`exit.json` plus the kept output) before it exits.
+//! [`client`] is the server side of that socket: an [`ExecStream`](cthulu_core::ExecStream).
+
+mod child;
+pub(crate) mod client;
+pub mod protocol;
+pub(crate) mod records;
+mod server;
+
+use std::ffi::OsString;
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// What stops the shim before or after its process ran. Failures to start the process
+/// itself go to the server in the handshake.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("usage: cthulu-shim <process directory>")]
+    Usage,
+    #[error("cannot use the process directory")]
+    Io(#[source] io::Error),
+    #[error("invalid process spec {path}")]
+    Spec {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot enter {path}")]
+    Chdir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot listen on {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{message}")]
+    Spawn { message: String },
+}
+
+/// The shim program. `args` are its arguments without the program name (and without the
+/// `__shim` subcommand): exactly one, the process directory.
+pub fn run(args: Vec<OsString>) -> ExitCode {
+    let result = match <[OsString; 1]>::try_from(args) {
+        Ok([process_dir]) => server::serve(&PathBuf::from(process_dir)),
+        Err(_) => Err(ShimError::Usage),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // stderr is the process directory's shim.log.
+            let mut message = format!("cthulu-shim: {error}");
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! `state.json`: what a sandbox must remember across server restarts (env, status, ports,
+//! checkpoints, streamed processes), and the atomic write every record file uses.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use cthulu_types::{Checkpoint, ExposedPort, SandboxId, SandboxStatus};
+use serde::{Deserialize, Serialize};
+
+pub(crate) const STATE_FILE: &str = "state.json";
+pub(crate) const WORKSPACE_DIR: &str = "workspace";
+pub(crate) const CHECKPOINTS_DIR: &str = "checkpoints";
+pub(crate) const PROCS_DIR: &str = "procs";
+
+const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SandboxState {
+    pub version: u32,
+    pub sandbox_id: SandboxId,
+    pub created_at_ms: u64,
+    /// The sandbox's env, laid under every command's own.
+    pub env: BTreeMap<String, String>,
+    /// `running` or `stopped` (a destroyed sandbox has no state file).
+    pub status: SandboxStatus,
+    #[serde(default)]
+    pub ports: Vec<ExposedPort>,
+    #[serde(default)]
+    pub checkpoints: Vec<Checkpoint>,
+    #[serde(default)]
+    pub processes: Vec<ProcessRecord>,
+}
+
+/// A process started by `exec_stream`. How it ended is in its directory's `exit.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ProcessRecord {
+    pub process_id: String,
+    pub command: String,
+    pub detached: bool,
+    pub tty: bool,
+    pub started_at_ms: u64,
+    /// Known once the shim has started it.
+    #[serde(default)]
+    pub shim_pid: Option<i32>,
+    #[serde(default)]
+    pub child_pgid: Option<i32>,
+}
+
+impl SandboxState {
+    pub fn new(sandbox_id: SandboxId, env: BTreeMap<String, String>) -> SandboxState {
+        SandboxState {
+            version: STATE_VERSION,
+            sandbox_id,
+            created_at_ms: cthulu_types::now_ms(),
+            env,
+            status: SandboxStatus::Running,
+            ports: Vec::new(),
+            checkpoints: Vec::new(),
+            processes: Vec::new(),
+        }
+    }
+
+    pub fn load(sandbox_dir: &Path) -> io::Result<SandboxState> {
+        let path = sandbox_dir.join(STATE_FILE);
+        let bytes = fs_err::read(&path)?;
+        let state: SandboxState = serde_json::from_slice(&bytes).map_err(|error| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {error}", path.display()),
+            )
+        })?;
+        if state.version != STATE_VERSION {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: state version {} is not {STATE_VERSION}",
+                    path.display(),
+                    state.version
+                ),
+            ));
+        }
+        Ok(state)
+    }
+
+    pub fn save(&self, sandbox_dir: &Path) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).expect("sandbox state serializes");
+        write_atomic(&sandbox_dir.join(STATE_FILE), &bytes)
+    }
+
+    pub fn process(&self, process_id: &str) -> Option<&ProcessRecord> {
+        self.processes
+            .iter()
+            .find(|record| record.process_id == process_id)
+    }
+}
+
+/// Writes `path` so a reader (or a crash) sees the old or the new contents, never a mix:
+/// a temporary file beside it, synced, then renamed over it.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut temporary: PathBuf = path.to_owned();
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".tmp{}", std::process::id()));
+    temporary.set_file_name(name);
+    let result = (|| {
+        let mut file = fs_err::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_data()?;
+        fs_err::rename(&temporary, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_replaces_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = SandboxState::new(
+            SandboxId::parse("abc").unwrap(),
+            BTreeMap::from([("A".into(), "1".into())]),
+        );
+        state.save(dir.path()).unwrap();
+        state.status = SandboxStatus::Stopped;
+        state.processes.push(ProcessRecord {
+            process_id: "pabc".into(),
+            command: "sleep 1".into(),
+            detached: true,
+            tty: false,
+            started_at_ms: 1,
+            shim_pid: Some(10),
+            child_pgid: Some(11),
+        });
+        state.save(dir.path()).unwrap();
+        assert_eq!(SandboxState::load(dir.path()).unwrap(), state);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+        fs_err::write(dir.path().join(STATE_FILE), "{}").unwrap();
+        assert!(SandboxState::load(dir.path()).is_err());
+    }
+}
