@@ -44,6 +44,17 @@ pub struct FileDownload {
     response: Response,
 }
 
+impl std::fmt::Debug for FileDownload {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("FileDownload")
+            .field("size", &self.size)
+            .field("mode", &self.mode)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
 impl FileDownload {
     /// The contents as a stream of chunks.
     pub fn into_stream(self) -> Pin<Box<dyn Stream<Item = Result<Bytes, ClientError>> + Send>> {

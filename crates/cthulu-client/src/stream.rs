@@ -123,6 +123,17 @@ pub struct ExecSession {
     exited: bool,
 }
 
+impl std::fmt::Debug for ExecSession {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ExecSession")
+            .field("process_id", &self.process_id)
+            .field("url", &self.url)
+            .field("exited", &self.exited)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ExecSession {
     /// The process id, for attach, signal and kill.
     pub fn process_id(&self) -> &str {
