@@ -1,4 +1,5 @@
-//! `cthulu __shim …` (hidden): the host backend's process shim, started by the server.
+//! `cthulu __shim …` (hidden): the host backend's process shim, which the server starts
+//! once per streamed command (see `cthulu_host::shim`).
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -17,7 +18,5 @@ pub fn arguments() -> Option<Vec<OsString>> {
 
 /// Runs the shim synchronously, before any tokio runtime exists.
 pub fn run(arguments: Vec<OsString>) -> ExitCode {
-    let _ = arguments;
-    eprintln!("error: this build of cthulu has no host backend shim");
-    ExitCode::FAILURE
+    cthulu_host::shim::run(arguments)
 }
