@@ -1,10 +1,11 @@
 //! `cthulu sandbox exec --detach | ps | attach | kill`.
 
-use std::time::{Duration, Instant};
+use std::io::{BufRead as _, BufReader};
+use std::process::Stdio;
 
 use cthulu_types::{ProcessList, ProcessState};
 
-use crate::support::TestServer;
+use crate::support::{Outcome, TestServer};
 
 #[test]
 fn detached_processes_are_listed_attached_and_killed() {
@@ -32,6 +33,23 @@ fn detached_processes_are_listed_attached_and_killed() {
         .expect("the detached process is listed");
     assert_eq!(process.state, ProcessState::Running);
     assert!(process.detached);
+    let table = server.ok(&["sandbox", "ps", &sandbox_id]);
+    assert!(
+        table.contains(&process_id) && table.contains("running"),
+        "{table}"
+    );
+
+    // Attach: the kept output comes first, then the exit once the process is killed.
+    let mut attached = server
+        .command(&["sandbox", "attach", &sandbox_id, &process_id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(attached.stdout.take().unwrap());
+    let mut first_line = String::new();
+    stdout.read_line(&mut first_line).unwrap();
+    assert_eq!(first_line, "started\n");
 
     server.ok(&[
         "sandbox",
@@ -41,24 +59,9 @@ fn detached_processes_are_listed_attached_and_killed() {
         "--signal",
         "KILL",
     ]);
-    // Wait until the server has seen it die, then attach: replay and exit.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let processes: ProcessList =
-            serde_json::from_str(&server.ok(&["sandbox", "ps", &sandbox_id, "--json"])).unwrap();
-        let state = processes
-            .processes
-            .iter()
-            .find(|process| process.id == process_id)
-            .map(|process| process.state);
-        if state != Some(ProcessState::Running) || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let attached = server.run(&["sandbox", "attach", &sandbox_id, &process_id]);
-    assert_eq!(attached.stdout, "started\n", "{attached:?}");
-    assert_eq!(attached.code, 137, "{attached:?}");
+    let output = attached.wait_with_output().unwrap();
+    let outcome = Outcome::of(output);
+    assert_eq!(outcome.code, 137, "{outcome:?}\n{}", server.log());
 
     let unknown = server.run(&["sandbox", "kill", &sandbox_id, "pnosuchprocess"]);
     assert_eq!(unknown.code, 3, "{unknown:?}");

@@ -1,5 +1,8 @@
 //! `cthulu sandbox create | exec | ls | get | rm | extend | checkpoint | restore | port`.
 
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+
 use cthulu_types::{CheckpointList, PortList, Sandbox, SandboxList};
 
 use crate::support::TestServer;
@@ -128,7 +131,18 @@ fn checkpoint_and_restore() {
 fn ports_are_exposed_listed_and_removed() {
     let server = TestServer::start();
     let sandbox_id = server.create_sandbox(&[]);
-    let exposed = server.run(&["sandbox", "port", &sandbox_id, "8000"]);
+    // The default (host) backend shares the host's network: a listener of this test on
+    // loopback is a server "in the sandbox" on that port.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    // Every connection is answered: the backend probes the port before exposing it.
+    std::thread::spawn(move || {
+        for mut connection in listener.incoming().flatten() {
+            let _ = connection.write_all(b"hello through the port");
+        }
+    });
+
+    let exposed = server.run(&["sandbox", "port", &sandbox_id, &port]);
     if exposed.code != 0 && exposed.stderr.contains("unsupported") {
         eprintln!("SKIP ports: {}", exposed.stderr.trim());
         return;
@@ -139,10 +153,18 @@ fn ports_are_exposed_listed_and_removed() {
     let list: PortList =
         serde_json::from_str(&server.ok(&["sandbox", "ports", &sandbox_id, "--json"])).unwrap();
     assert_eq!(list.ports.len(), 1);
-    assert_eq!(list.ports[0].port, 8000);
+    assert_eq!(list.ports[0].port.to_string(), port);
     assert_eq!(list.ports[0].url, exposed.stdout.trim());
+    let mut relayed = String::new();
+    TcpStream::connect(&list.ports[0].host_address)
+        .unwrap()
+        .read_to_string(&mut relayed)
+        .unwrap();
+    assert_eq!(relayed, "hello through the port");
 
-    server.ok(&["sandbox", "unport", &sandbox_id, "8000"]);
+    let table = server.ok(&["sandbox", "ports", &sandbox_id]);
+    assert!(table.contains(&list.ports[0].url), "{table}");
+    server.ok(&["sandbox", "unport", &sandbox_id, &port]);
     let list: PortList =
         serde_json::from_str(&server.ok(&["sandbox", "ports", &sandbox_id, "--json"])).unwrap();
     assert!(list.ports.is_empty());
