@@ -9,6 +9,11 @@ use cthulu_types::Signal;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::signal::unix::{signal, SignalKind};
 
+/// Output cap asked for streamed commands: none. The API's default cap (10 MiB) protects
+/// the memory of one-shot answers; a stream has backpressure instead, and a terminal
+/// session or `cthulu run -- cat big` must not be cut off.
+pub const UNCAPPED_OUTPUT: Option<u64> = Some(u64::MAX);
+
 /// What happens to this process's stdin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StdinPolicy {

@@ -84,6 +84,7 @@ async fn execute(client: &CthuluClient, sandbox_id: &str, args: RunArgs) -> anyh
     let request = ExecRequest {
         env: parse::into_map(&args.env),
         timeout_ms: Some(args.timeout.as_millis() as u64),
+        max_output_bytes: session::UNCAPPED_OUTPUT,
         ..ExecRequest::argv(args.command)
     };
     let session = client

@@ -35,6 +35,7 @@ fn shell_request(cmd: Option<&str>, size: PtySize, term: String) -> ExecRequest 
     ExecRequest {
         env: BTreeMap::from([("TERM".to_owned(), term)]),
         tty: Some(size),
+        max_output_bytes: session::UNCAPPED_OUTPUT,
         ..base
     }
 }

@@ -150,7 +150,7 @@ impl BenchReport {
                 "idle memory",
                 backend.idle_memory.map(|memory| {
                     format!(
-                        "{:.0} KiB per sandbox ({} of {} created)",
+                        "{:.1} KiB per sandbox ({} of {} created)",
                         memory.kib_per_sandbox, memory.created, memory.requested
                     )
                 }),

@@ -71,6 +71,7 @@ pub async fn exec(client: &CthuluClient, args: ExecArgs) -> anyhow::Result<u8> {
         cwd: args.cwd,
         timeout_ms: args.timeout.map(|timeout| timeout.as_millis() as u64),
         detach: args.detach,
+        max_output_bytes: session::UNCAPPED_OUTPUT,
         ..base
     };
     let mut session = client
