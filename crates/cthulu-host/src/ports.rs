@@ -178,8 +178,14 @@ impl HostSandbox {
                 continue;
             }
             let preferred = record.host_address.parse().ok();
-            let (forwarder, address) = start_forwarder(record.port, preferred)
-                .map_err(|error| SandboxError::system("listen for an exposed port", error))?;
+            let (forwarder, address) = match start_forwarder(record.port, preferred) {
+                Ok(started) => started,
+                Err(error) => {
+                    // The sandbox is still usable; the port can be exposed again.
+                    tracing::warn!(sandbox_id = %self.sandbox_id, port = record.port, %error, "cannot forward an exposed port after a restart");
+                    continue;
+                }
+            };
             if Some(address) != preferred {
                 let moved = exposed(record.port, address);
                 if let Some(slot) = inner

@@ -212,12 +212,9 @@ impl HostSandbox {
     }
 
     pub(crate) async fn process_list(&self) -> Result<Vec<ProcessInfo>, SandboxError> {
-        let records = {
-            let inner = self.lock();
-            inner.check_exists()?;
-            inner.state.processes.clone()
-        };
+        self.lock().check_exists()?;
         self.prune_finished();
+        let records = self.lock().state.processes.clone();
         let mut processes: Vec<ProcessInfo> = records
             .iter()
             .map(|record| {

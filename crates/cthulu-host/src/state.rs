@@ -85,7 +85,7 @@ impl SandboxState {
 
     pub fn save(&self, sandbox_dir: &Path) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).expect("sandbox state serializes");
-        write_atomic(&sandbox_dir.join(STATE_FILE), &bytes)
+        write_durable(&sandbox_dir.join(STATE_FILE), &bytes)
     }
 
     pub fn process(&self, process_id: &str) -> Option<&ProcessRecord> {
@@ -95,9 +95,20 @@ impl SandboxState {
     }
 }
 
-/// Writes `path` so a reader (or a crash) sees the old or the new contents, never a mix:
-/// a temporary file beside it, synced, then renamed over it.
+/// Writes `path` so a reader sees the old or the new contents, never a mix: a temporary
+/// file beside it, renamed over it. For records that are rewritten by the next event
+/// anyway (process files), a crash may lose the write; see [`write_durable`].
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_replacing(path, bytes, false)
+}
+
+/// [`write_atomic`], and synced before the rename, so that after a crash the file holds
+/// the old or the new contents, never nothing (`state.json`).
+pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_replacing(path, bytes, true)
+}
+
+fn write_replacing(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
     let mut temporary: PathBuf = path.to_owned();
     let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(format!(".tmp{}", std::process::id()));
@@ -105,7 +116,9 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let result = (|| {
         let mut file = fs_err::File::create(&temporary)?;
         file.write_all(bytes)?;
-        file.sync_data()?;
+        if sync {
+            file.sync_data()?;
+        }
         fs_err::rename(&temporary, path)
     })();
     if result.is_err() {

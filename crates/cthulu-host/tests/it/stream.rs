@@ -382,3 +382,69 @@ async fn a_missing_program_is_refused_at_start() {
     );
     assert!(sandbox.list_processes().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn finished_processes_are_pruned_past_a_hundred() {
+    let host = TestHost::new();
+    let sandbox = host.sandbox().await;
+    let mut first = None;
+    for _ in 0..105 {
+        let mut stream = sandbox.exec_stream(ExecSpec::argv(["true"])).await.unwrap();
+        first.get_or_insert_with(|| stream.process_id().to_owned());
+        assert_eq!(
+            collect_all(&mut stream).await.exit.unwrap().exit_code,
+            Some(0)
+        );
+    }
+    let listed = sandbox.list_processes().await.unwrap();
+    assert_eq!(listed.len(), 100);
+    let first = first.unwrap();
+    assert!(
+        listed.iter().all(|process| process.id != first),
+        "the oldest go first"
+    );
+    let procs = host.root().join(sandbox.id().as_str()).join("procs");
+    assert_eq!(std::fs::read_dir(&procs).unwrap().count(), 100);
+    let error = sandbox.attach_process(&first).await.err().unwrap();
+    assert!(
+        matches!(error, SandboxError::ProcessNotFound { .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn socket_paths_longer_than_an_address_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    // Longer than the 108 bytes a Unix socket address holds, once the sandbox and process
+    // ids are added.
+    let root = dir
+        .path()
+        .join("a-root-directory-with-a-rather-long-name-".repeat(3));
+    let provider = provider_on(&root);
+    let sandbox = provider
+        .provision(
+            &cthulu_types::SandboxId::generate(),
+            &SandboxSpec::default(),
+        )
+        .await
+        .unwrap();
+    let mut spec = ExecSpec::shell("echo hello; read line; echo \"got $line\"");
+    spec.detach = true;
+    let stream = sandbox.exec_stream(spec).await.unwrap();
+    let process_id = stream.process_id().to_owned();
+    assert!(
+        root.join(sandbox.id().as_str())
+            .join("procs")
+            .join(&process_id)
+            .join("sock")
+            .as_os_str()
+            .len()
+            > 108
+    );
+    drop(stream);
+    let mut stream = sandbox.attach_process(&process_id).await.unwrap();
+    stream.write_stdin(b"more\n").await.unwrap();
+    let collected = collect_all(&mut stream).await;
+    assert_eq!(text(&collected.stdout), "hello\ngot more\n");
+    sandbox.destroy().await.unwrap();
+}
