@@ -46,6 +46,37 @@ pub(crate) fn group_alive(pgid: i32) -> bool {
     }
 }
 
+/// Whether a process with this pid exists (a zombie counts).
+pub(crate) fn pid_exists(pid: i32) -> bool {
+    match target(pid) {
+        Some(pid) => !matches!(
+            rustix::process::test_kill_process(pid),
+            Err(rustix::io::Errno::SRCH)
+        ),
+        None => false,
+    }
+}
+
+/// Whether group `pgid`, whose leader was ours and has been reaped, still holds processes
+/// of ours. A group id stays allocated while any member lives, so a live group whose
+/// leader pid is free is still ours; if a process with the leader's pid exists, the id
+/// may have been recycled for someone else's group, and we keep our hands off it.
+pub(crate) fn reaped_group_is_ours(pgid: i32) -> bool {
+    !pid_exists(pgid) && group_alive(pgid)
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of `/proc/<pid>/stat`):
+/// with the pid, it names a process unambiguously.
+pub(crate) fn start_ticks(pid: i32) -> Option<u64> {
+    let raw = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name start at field 3 (the state).
+    raw[raw.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(22 - 3)?
+        .parse()
+        .ok()
+}
+
 /// Sends `signal` to every process of session `sid` (found through `/proc`), and to the
 /// group `sid` itself. Returns how many processes were signalled.
 pub(crate) fn signal_session(sid: i32, signal: i32) -> usize {
@@ -171,6 +202,13 @@ mod tests {
         assert_eq!(parse_stat("garbage"), None);
         let own = std::fs::read_to_string("/proc/self/stat").unwrap();
         assert!(parse_stat(&own).is_some());
+        let own_pid = std::process::id() as i32;
+        assert!(start_ticks(own_pid).is_some());
+        assert!(pid_exists(own_pid));
+        assert!(
+            !reaped_group_is_ours(own_pid),
+            "a live leader means the id is not free"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use cthulu_types::{SandboxId, SandboxStatus};
 
 use crate::config::ShimCommand;
 use crate::ports::Forwarders;
-use crate::process_groups::{self, group_alive, signal_group};
+use crate::process_groups::{self, group_alive, reaped_group_is_ours, signal_group};
 use crate::shim::records::{PidRecord, EXIT_FILE, PID_FILE};
 use crate::state::{ProcessRecord, SandboxState, PROCS_DIR, WORKSPACE_DIR};
 use crate::workspace::Workspace;
@@ -142,7 +142,7 @@ impl HostSandbox {
         let mut inner = self.lock();
         inner
             .exec_groups
-            .retain(|pgid, reaped| !*reaped || group_alive(*pgid));
+            .retain(|pgid, reaped| !*reaped || reaped_group_is_ours(*pgid));
         inner.exec_groups.insert(pgid, false);
         self.match_status(
             &inner,
@@ -156,8 +156,14 @@ impl HostSandbox {
     /// The leader of a one-shot exec group has been reaped (or abandoned to the runtime's
     /// reaper); the group is forgotten once it is empty.
     pub(crate) fn exec_group_done(&self, pgid: i32) {
-        if let Some(reaped) = self.lock().exec_groups.get_mut(&pgid) {
-            *reaped = true;
+        let mut inner = self.lock();
+        if group_alive(pgid) {
+            // A backgrounded child lives on in the group: keep reaching it.
+            if let Some(reaped) = inner.exec_groups.get_mut(&pgid) {
+                *reaped = true;
+            }
+        } else {
+            inner.exec_groups.remove(&pgid);
         }
     }
 
@@ -196,32 +202,51 @@ impl HostSandbox {
     }
 
     /// Every live group of the sandbox: one-shot execs, and shim processes that have not
-    /// recorded an exit.
+    /// recorded an exit. A group id that may have been recycled for a process that is not
+    /// ours is left out.
     fn groups(&self, inner: &Inner) -> Vec<Group> {
         let mut groups: Vec<Group> = inner
             .exec_groups
-            .keys()
-            .map(|pgid| Group {
+            .iter()
+            .filter(|(pgid, reaped)| !**reaped || reaped_group_is_ours(**pgid))
+            .map(|(pgid, _)| Group {
                 pgid: *pgid,
                 session: false,
             })
             .collect();
-        for record in &inner.state.processes {
-            let process_dir = self.process_dir(&record.process_id);
-            if process_dir.join(EXIT_FILE).exists() {
-                continue;
-            }
-            if let Some(pgid) = record
-                .child_pgid
-                .or_else(|| pid_record(&process_dir).map(|pids| pids.child_pgid))
-            {
-                groups.push(Group {
-                    pgid,
-                    session: record.tty,
-                });
-            }
-        }
+        groups.extend(
+            inner
+                .state
+                .processes
+                .iter()
+                .filter_map(|record| self.shim_group(record)),
+        );
         groups
+    }
+
+    /// The group of a shim's process, while it may still run.
+    fn shim_group(&self, record: &ProcessRecord) -> Option<Group> {
+        let process_dir = self.process_dir(&record.process_id);
+        if process_dir.join(EXIT_FILE).exists() {
+            return None;
+        }
+        let pids = pid_record(&process_dir);
+        let shim_pid = record.shim_pid.or(pids.map(|pids| pids.shim_pid))?;
+        let pgid = record.child_pgid.or(pids.map(|pids| pids.child_pgid))?;
+        // A running shim has not reaped its process, so the pid is still that process's.
+        // Without the shim (it died), the pid is the process's only if it started when
+        // the shim recorded.
+        let ours = process_groups::is_shim_of(shim_pid, &process_dir)
+            || if process_groups::pid_exists(pgid) {
+                let recorded = pids.and_then(|pids| pids.child_start_ticks);
+                recorded.is_some() && process_groups::start_ticks(pgid) == recorded
+            } else {
+                group_alive(pgid)
+            };
+        ours.then_some(Group {
+            pgid,
+            session: record.tty,
+        })
     }
 
     pub(crate) async fn stop_sandbox(&self) -> Result<(), SandboxError> {

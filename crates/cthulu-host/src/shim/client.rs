@@ -92,18 +92,8 @@ impl ShimStream {
     ) -> Result<ShimStream, AttachError> {
         let (sender, events) = mpsc::channel(EVENT_BUFFER);
         let exited = Arc::new(AtomicBool::new(false));
-        let (writer, reader) = match connect(process_dir).await {
-            Ok(stream) => {
-                let (read_half, mut write_half) = stream.into_split();
-                let hello = ClientFrame::Hello {
-                    version: PROTOCOL_VERSION,
-                    role: Role::Attach,
-                }
-                .encode();
-                write_half
-                    .write_all(&hello)
-                    .await
-                    .map_err(AttachError::Io)?;
+        let (writer, reader) = match say_hello(process_dir).await {
+            Ok((read_half, write_half)) => {
                 let task = tokio::spawn(read_events(
                     read_half,
                     sender,
@@ -112,9 +102,16 @@ impl ShimStream {
                 ));
                 (Some(write_half), task)
             }
-            Err(_) => {
+            Err(error) => {
                 // No shim to talk to: it finished (and recorded how), or it is lost.
-                let record = recorded_exit(process_dir).await.ok_or(AttachError::Lost)?;
+                let Some(record) = recorded_exit(process_dir).await else {
+                    return Err(match error.kind() {
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                            AttachError::Lost
+                        }
+                        _ => AttachError::Io(error),
+                    });
+                };
                 exited.store(true, Ordering::SeqCst);
                 let task = tokio::spawn(replay_recorded(process_dir.to_owned(), record, sender));
                 (None, task)
@@ -162,6 +159,18 @@ impl Drop for ShimStream {
         // Closing both halves is what tells the shim this client is gone.
         self.reader.abort();
     }
+}
+
+/// Connects as an attach client.
+async fn say_hello(process_dir: &Path) -> std::io::Result<(OwnedReadHalf, OwnedWriteHalf)> {
+    let (read_half, mut write_half) = connect(process_dir).await?.into_split();
+    let hello = ClientFrame::Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Attach,
+    }
+    .encode();
+    write_half.write_all(&hello).await?;
+    Ok((read_half, write_half))
 }
 
 async fn recorded_exit(process_dir: &Path) -> Option<ExitRecord> {

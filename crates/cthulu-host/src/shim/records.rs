@@ -81,6 +81,10 @@ pub struct PidRecord {
     pub child_pid: i32,
     /// The process group of the process (its pid; for a PTY also its session id).
     pub child_pgid: i32,
+    /// When the process started (clock ticks since boot), to tell it from a later process
+    /// that got the same pid once the shim is gone.
+    #[serde(default)]
+    pub child_start_ticks: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

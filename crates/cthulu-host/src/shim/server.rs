@@ -54,7 +54,7 @@ const FIRST_ATTACH_LIMIT: Duration = Duration::from_secs(30);
 const LINGER_WITHOUT_CLIENT: Duration = Duration::from_secs(5);
 /// After the exit, how long to wait for attached clients to receive it.
 const LINGER_FOR_DELIVERY: Duration = Duration::from_secs(10);
-const MAX_CONNECTIONS: usize = 32;
+const MAX_CONNECTIONS: usize = 16;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the shim of the process directory `process_dir`.
@@ -99,6 +99,7 @@ pub(super) fn serve(process_dir: &Path) -> Result<(), ShimError> {
         shim_pid: std::process::id() as i32,
         child_pid: spawned.process.id() as i32,
         child_pgid: spawned.control.pgid,
+        child_start_ticks: crate::process_groups::start_ticks(spawned.process.id() as i32),
     };
     write_atomic(
         Path::new(PID_FILE),
