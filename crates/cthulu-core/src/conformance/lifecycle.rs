@@ -10,10 +10,12 @@ use cthulu_types::{
     CheckpointRequest, CheckpointSupport, ErrorCode, ProcessState, SandboxStatus, Signal,
 };
 
+use super::ports::serve_and_expose;
 use super::sandbox::{Sandbox, CALL_LIMIT};
 use super::stream::start;
 use super::support::{
-    describe, expect_code, expect_one_of, fail, reader, within, Context, Outcome, ScenarioError,
+    describe, expect_code, expect_one_of, fail, http_get, reader, within, Context, Outcome,
+    ScenarioError,
 };
 use crate::{ExecSpec, PutOptions, SandboxError, SandboxHandle};
 
@@ -261,7 +263,8 @@ async fn wait_counter_moves(sandbox: &Sandbox) -> Outcome {
     }
 }
 
-/// destroy ends the sandbox's processes (its streams end), a second destroy succeeds,
+/// destroy ends the sandbox's processes (its streams end) and closes its exposed ports,
+/// a second destroy succeeds,
 /// and every later call is `invalid_state` or `sandbox_not_found`; the provider no
 /// longer lists or attaches it.
 pub async fn destroy_is_final_and_idempotent(sandbox: Sandbox) -> Outcome {
@@ -271,6 +274,19 @@ pub async fn destroy_is_final_and_idempotent(sandbox: Sandbox) -> Outcome {
         let mut stream = start(&sandbox, ExecSpec::shell("echo ready; exec sleep 1000")).await?;
         stream.wait_for("ready", WAIT).await?;
         Some(stream)
+    } else {
+        None
+    };
+    let capabilities = sandbox.capabilities();
+    let served = if capabilities.ports && capabilities.exec_stream {
+        match serve_and_expose(&sandbox).await {
+            Ok(served) => Some(served),
+            Err(ScenarioError::Skipped(reason)) => {
+                sandbox.note_skip(format!("(exposed port after destroy) {reason}"));
+                None
+            }
+            Err(failure) => return Err(failure),
+        }
     } else {
         None
     };
@@ -288,6 +304,17 @@ pub async fn destroy_is_final_and_idempotent(sandbox: Sandbox) -> Outcome {
             exit.exit_code != Some(0),
             "a process of a destroyed sandbox was killed: {exit:?}"
         );
+    }
+    if let Some((mut server, exposed, token)) = served {
+        server.wait_exit(WAIT).await?;
+        let response = http_get(&exposed.url, "/token.txt", Duration::from_secs(30)).await;
+        if let Ok(body) = response {
+            assert!(
+                !body.contains(&token),
+                "{} still serves the destroyed sandbox's file",
+                exposed.url
+            );
+        }
     }
     within(CALL_LIMIT, "destroy", handle.destroy())
         .await?

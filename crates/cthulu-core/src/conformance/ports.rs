@@ -91,6 +91,18 @@ async fn expose(sandbox: &Sandbox, port: u16) -> Result<ExposedPort, ScenarioErr
     }
 }
 
+/// Starts a server and exposes its port; returns the server's stream, the exposed port
+/// and the token it serves (for scenarios about what happens to ports later).
+pub(super) async fn serve_and_expose(
+    sandbox: &Sandbox,
+) -> Result<(Watched, ExposedPort, String), ScenarioError> {
+    let port = free_port();
+    let (server, token) = start_server(sandbox, port, false).await?;
+    let exposed = expose(sandbox, port).await?;
+    fetch_token(&exposed, &token).await?;
+    Ok((server, exposed, token))
+}
+
 /// A server on port P is reachable through the returned URL and listed; `unexpose_port`
 /// closes the URL; unexposing again is `port_not_found`.
 pub async fn exposed_port_is_reachable_then_closed(sandbox: Sandbox) -> Outcome {
