@@ -6,11 +6,20 @@
 //!   [`SandboxProvider`](cthulu_core::SandboxProvider): it makes, lists and re-attaches
 //!   sandboxes under `<root>/<sandbox_id>/`.
 //! - [`HostSandbox`] implements [`SandboxHandle`](cthulu_core::SandboxHandle): one-shot
-//!   exec runs the program directly with `tokio::process`; streaming exec, PTYs and detached
-//!   processes run under the [`shim`], a small process of their own that outlives a restart
-//!   of the server; files resolve race-free beneath the workspace (`openat2`
-//!   `RESOLVE_BENEATH`); checkpoints are gzipped tar archives of the workspace; stop and
-//!   resume are `SIGSTOP` / `SIGCONT` to every process group of the sandbox.
+//!   exec runs the program directly with `tokio::process` (a stream past its cap is closed,
+//!   so endless output ends the command); streaming exec, PTYs and detached processes run
+//!   under the [`shim`], a small process of their own that outlives a restart of the
+//!   server (a stream past its cap is drained, so a long-lived server is not killed by its
+//!   logs); files resolve race-free beneath the workspace (`openat2` `RESOLVE_BENEATH`);
+//!   exposed ports get a loopback forwarder that `unexpose_port` closes; checkpoints are
+//!   gzipped tar archives of the workspace; stop and resume are `SIGSTOP` / `SIGCONT` to
+//!   every process group of the sandbox; destroy kills them all (and sweeps `/proc` for
+//!   whatever still works in the sandbox directory) and removes the directory.
+//!
+//! Nothing is isolated: commands run as the server's user with its view of the host.
+//! Only the environment is filtered (`PATH`, `LANG`, `TERM` of the host, then `HOME`, the
+//! sandbox's and the request's variables). Timeouts and output caps are enforced; memory,
+//! CPU, pid and disk limits are not (and [`HostProvider`]'s info says so).
 //! - The `cthulu-shim` binary of this crate (and `cthulu __shim`) is [`shim::run`].
 //!
 //! On disk, per sandbox:

@@ -2,14 +2,14 @@
 //! server that started it (a dev server an agent leaves running, a shell) and can be
 //! re-attached after `cthulu serve` restarts.
 //!
-//! The handle writes `procs/<process_id>/spec.json` ([`records::ShimSpec`]) and starts
+//! The handle writes `procs/<process_id>/spec.json` (`records::ShimSpec`) and starts
 //! `<shim program> <shim args>... <process directory>` (`cthulu __shim <dir>` in production,
 //! the `cthulu-shim` binary of this crate in tests). [`run`] is the whole program:
-//! [`server`] leaves the server's session, starts the process (on pipes or a PTY),
-//! answers one JSON line on stdout ([`records::Handshake`]), then serves clients on the
+//! `server` leaves the server's session, starts the process (on pipes or a PTY),
+//! answers one JSON line on stdout (`records::Handshake`), then serves clients on the
 //! Unix socket `sock` with the framed [`protocol`], keeps the last 1 MiB of each output
 //! channel, and records the exit (`exit.json` plus the kept output) before it exits.
-//! [`client`] is the server side of that socket: an [`ExecStream`](cthulu_core::ExecStream).
+//! `client` is the server side of that socket: an [`ExecStream`](cthulu_core::ExecStream).
 
 mod child;
 pub(crate) mod client;
