@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cthulu_core::{SandboxError, SandboxProvider};
+use cthulu_core::SandboxProvider;
 use cthulu_host::{HostConfig, HostProvider};
 use cthulu_types::BackendKind;
 
@@ -42,12 +42,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Database(#[from] DbError),
-    #[error("cannot start the {backend} backend")]
-    Backend {
-        backend: BackendKind,
-        #[source]
-        source: SandboxError,
-    },
+    #[error("cannot start the host backend")]
+    HostBackend(#[source] cthulu_host::HostError),
     #[error("the default backend {backend} is not available here: {reason}")]
     DefaultBackend {
         backend: BackendKind,
@@ -86,17 +82,19 @@ fn open_database(home: &Path) -> Result<Database, ServerError> {
 
 impl Server {
     /// Opens the database, re-attaches to existing sandboxes and binds the listener.
-    pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+    pub async fn start(mut config: ServerConfig) -> Result<Server, ServerError> {
         let db = open_database(&config.home)?;
+        // Backends keep absolute paths in their state, so a relative home is resolved once.
+        config.home = std::path::absolute(&config.home).map_err(|source| ServerError::Home {
+            path: config.home.clone(),
+            source,
+        })?;
         let mut providers: BTreeMap<BackendKind, Arc<dyn SandboxProvider>> = BTreeMap::new();
         let host = HostProvider::new(HostConfig {
             root: config.home.join("sandboxes").join("host"),
             shim: config.host_shim.clone(),
         })
-        .map_err(|source| ServerError::Backend {
-            backend: BackendKind::Host,
-            source,
-        })?;
+        .map_err(ServerError::HostBackend)?;
         providers.insert(BackendKind::Host, Arc::new(host));
 
         let default_backend = config.default_backend.unwrap_or(BackendKind::Host);

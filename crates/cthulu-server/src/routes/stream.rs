@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -57,14 +58,28 @@ pub async fn exec_ws(
 pub async fn attach_ws(
     State(state): State<Arc<AppState>>,
     Path((id, process_id)): Path<(String, String)>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     let handle = state.handle(&sandbox_id(&id)?, Operation::Exec)?;
     // Attach now, so an unknown process is a 404 rather than a closed socket.
     let stream = handle.attach_process(&process_id).await?;
-    Ok(upgrade
+    Ok(require_upgrade(upgrade)?
         .max_message_size(MAX_CLIENT_FRAME)
         .on_upgrade(move |socket| pump(socket, stream)))
+}
+
+/// The upgrade is checked after the sandbox and process, so that a wrong id is a 404
+/// whatever the request looks like.
+fn require_upgrade(
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<WebSocketUpgrade> {
+    upgrade.map_err(|rejection| {
+        ApiFailure::bad_request(format!(
+            "this route needs a WebSocket upgrade: {}",
+            rejection.body_text()
+        ))
+        .with_hint("connect with a WebSocket client; see docs/streaming.md")
+    })
 }
 
 async fn run_exec(mut socket: WebSocket, handle: Arc<dyn SandboxHandle>, state: Arc<AppState>) {
@@ -92,9 +107,15 @@ async fn read_request(socket: &mut WebSocket) -> ApiResult<ExecRequest> {
             .map_err(|_| ApiFailure::bad_request("no exec request within 30 s of connecting"))?;
         match message {
             Some(Ok(Message::Text(text))) => {
-                return serde_json::from_str(&text).map_err(|error| {
-                    ApiFailure::bad_request(format!("invalid exec request: {error}"))
-                })
+                // The path names the bad field, as for the HTTP JSON bodies.
+                let mut deserializer = serde_json::Deserializer::from_str(&text);
+                return serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+                    ApiFailure::bad_request(format!(
+                        "invalid exec request: {}: {}",
+                        error.path(),
+                        error.inner()
+                    ))
+                });
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(_)) => {

@@ -266,12 +266,33 @@ async fn labels_filter_the_list() {
 
 #[tokio::test]
 async fn ports_expose_a_listening_server() {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
     let server = TestServer::start().await;
     let api = Api::new(&server);
     let sandbox_id = api.create_host().await;
-    // A listener in the test process stands for a server in the (host) sandbox.
+    // A listener in the test process stands for a server in the (host) sandbox; it greets
+    // every connection (the backend may probe it first).
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let greeter = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut socket, _)) => {
+                        let _ = socket.set_nonblocking(false);
+                        let _ = socket.write_all(b"from the sandbox");
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            }
+        }
+    });
     let (status, exposed) = api
         .post(
             &format!("/api/v1/sandboxes/{sandbox_id}/ports"),
@@ -279,7 +300,18 @@ async fn ports_expose_a_listening_server() {
         )
         .await;
     assert_eq!(status, 200, "{exposed}");
-    assert_eq!(exposed["url"], format!("http://127.0.0.1:{port}/"));
+    let address = exposed["host_address"].as_str().unwrap().to_owned();
+    assert_eq!(exposed["url"], format!("http://{address}/"));
+    let mut client = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let mut greeting = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read_to_end(&mut client, &mut greeting),
+    )
+    .await
+    .expect("the forwarded connection answers")
+    .unwrap();
+    assert_eq!(greeting, b"from the sandbox");
     let (_, listed) = api
         .get(&format!("/api/v1/sandboxes/{sandbox_id}/ports"))
         .await;
@@ -288,7 +320,8 @@ async fn ports_expose_a_listening_server() {
         .delete(&format!("/api/v1/sandboxes/{sandbox_id}/ports/{port}"))
         .await;
     assert_eq!(status, 204);
-    drop(listener);
+    stop.store(true, Ordering::Relaxed);
+    greeter.join().unwrap();
     let (status, body) = api
         .post(
             &format!("/api/v1/sandboxes/{sandbox_id}/ports"),
