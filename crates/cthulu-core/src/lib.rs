@@ -21,4 +21,6 @@ pub use error::SandboxError;
 pub use output::CappedBuffer;
 pub use path::workspace_relative;
 pub use provider::{ByteReader, ExecStream, FileDownload, SandboxHandle, SandboxProvider};
-pub use spec::{ExecEvent, ExecOutput, ExecSpec, ExitInfo, PutOptions, SandboxSpec};
+pub use spec::{
+    ExecEvent, ExecOutput, ExecSpec, ExitInfo, PutOptions, SandboxSpec, UNLIMITED_TIMEOUT,
+};

@@ -41,6 +41,10 @@ impl SandboxSpec {
     }
 }
 
+/// The timeout of terminals and detached processes when the request names none: ten
+/// years, i.e. none (a finite value keeps deadline arithmetic from overflowing).
+pub const UNLIMITED_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
 /// One exec, checked and with defaults applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecSpec {
@@ -102,7 +106,13 @@ impl ExecSpec {
             env: request.env.clone(),
             cwd: request.cwd.clone(),
             stdin: request.stdin_bytes()?,
-            timeout: Duration::from_millis(request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
+            timeout: match request.timeout_ms {
+                Some(timeout_ms) => Duration::from_millis(timeout_ms),
+                // A terminal or a detached process (a shell, a dev server) lives until it
+                // is ended, not until the one-shot default.
+                None if request.detach || request.tty.is_some() => UNLIMITED_TIMEOUT,
+                None => Duration::from_millis(DEFAULT_TIMEOUT_MS),
+            },
             max_output_bytes: request.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
             tty: request.tty,
             detach: request.detach,
@@ -192,5 +202,21 @@ mod tests {
             "timeout_ms"
         );
         assert_eq!(ExecSpec::shell("x").program(), "/bin/sh");
+        let detached = ExecRequest {
+            detach: true,
+            ..ExecRequest::argv(["sleep", "1"])
+        };
+        assert_eq!(
+            ExecSpec::from_request(&detached).unwrap().timeout,
+            UNLIMITED_TIMEOUT
+        );
+        let terminal = ExecRequest {
+            tty: Some(cthulu_types::PtySize::default()),
+            ..ExecRequest::argv(["sh"])
+        };
+        assert_eq!(
+            ExecSpec::from_request(&terminal).unwrap().timeout,
+            UNLIMITED_TIMEOUT
+        );
     }
 }

@@ -35,7 +35,8 @@ pub struct ExecRequest {
     /// Binary stdin, base64; instead of `stdin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin_base64: Option<String>,
-    /// Kill the process group after this long (default 15 minutes).
+    /// Kill the process group after this long. Default 15 minutes; no limit for a
+    /// streaming exec with `tty` or `detach`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     /// Cap on each of stdout and stderr, in bytes (default 10 MiB).
