@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rustix::fs::{Mode, OFlags};
@@ -53,6 +54,9 @@ pub(super) struct ChildControl {
     stdin: Mutex<Option<StdinSink>>,
     /// The PTY master, for resizes.
     master: Option<Arc<File>>,
+    /// Set once the process has ended (before it is reaped): its pid, and so the group
+    /// id, may then be recycled.
+    ended: AtomicBool,
 }
 
 impl ChildControl {
@@ -88,13 +92,31 @@ impl ChildControl {
         }
     }
 
-    /// Sends `signal` to the process group.
+    /// Records that the process has ended; call before reaping it.
+    pub fn mark_ended(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the group id still names the process's group. After the process ended, it
+    /// does while no process has the leader's pid (a group or session id stays allocated
+    /// while a member lives, so a recycled one needs a new process with that pid).
+    fn group_is_ours(&self) -> bool {
+        !self.ended.load(Ordering::SeqCst) || !process_groups::pid_exists(self.pgid)
+    }
+
+    /// Sends `signal` to the process group (after the process ended, to what is left of
+    /// the group).
     pub fn signal(&self, signal: i32) {
-        let _ = process_groups::signal_group(self.pgid, signal);
+        if self.group_is_ours() {
+            let _ = process_groups::signal_group(self.pgid, signal);
+        }
     }
 
     /// SIGKILLs the process group, and for a PTY every job of its session.
     pub fn kill_all(&self) {
+        if !self.group_is_ours() {
+            return;
+        }
         if self.master.is_some() {
             process_groups::signal_session(self.pgid, libc::SIGKILL);
         } else {
@@ -185,6 +207,7 @@ fn spawn_on_pipes(spec: &ShimSpec) -> Result<SpawnedChild, SpawnError> {
             pgid,
             stdin: Mutex::new(stdin),
             master: None,
+            ended: AtomicBool::new(false),
         }),
         outputs: vec![
             (
@@ -256,6 +279,7 @@ fn spawn_on_pty(spec: &ShimSpec, cols: u16, rows: u16) -> Result<SpawnedChild, S
             pgid,
             stdin: Mutex::new(Some(StdinSink::Pty(master.clone()))),
             master: Some(master.clone()),
+            ended: AtomicBool::new(false),
         }),
         outputs: vec![(Channel::Stdout, clone_file(&master)?)],
     })
@@ -264,4 +288,17 @@ fn spawn_on_pty(spec: &ShimSpec, cols: u16, rows: u16) -> Result<SpawnedChild, S
 fn clone_file(file: &File) -> Result<File, SpawnError> {
     file.try_clone()
         .map_err(|error| SpawnError::other("dup the terminal", error))
+}
+
+#[cfg(test)]
+impl ChildControl {
+    /// A control of no process, for tests of the server: every action does nothing.
+    pub(super) fn nothing() -> ChildControl {
+        ChildControl {
+            pgid: 0,
+            stdin: Mutex::new(None),
+            master: None,
+            ended: AtomicBool::new(true),
+        }
+    }
 }

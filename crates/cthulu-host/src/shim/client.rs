@@ -2,21 +2,27 @@
 //! [`ExecStream`](cthulu_core::ExecStream) over a running (or finished) process.
 //!
 //! A task reads frames from the socket into a bounded channel, so `next_event` is a
-//! channel receive (cancel-safe) and a slow consumer slows the shim, never grows memory.
-//! When the shim is already gone, the stream replays what it recorded (`exit.json` and
-//! the kept output) instead.
+//! channel receive (cancel-safe) and a slow consumer slows the shim, never grows memory
+//! (the task waits for room: nothing is dropped or reordered). When the shim is already
+//! gone, or closes the connection before taking it on because it is about to go, the
+//! stream replays what it recorded (`exit.json` and the kept output) instead.
+//!
+//! Until the consumer has received the exit, the process counts as running for it:
+//! stdin, EOF, signals and resizes that race its end are accepted and go nowhere (as
+//! input a process never reads). After the exit event they are refused.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use cthulu_core::{ExecEvent, ExecStream, SandboxError};
 use cthulu_types::{PtySize, Signal};
 use rustix::fs::{Mode, OFlags};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -31,6 +37,8 @@ use super::records::{output_file, read_record, ExitRecord, EXIT_FILE, SOCKET_FIL
 const EVENT_BUFFER: usize = 64;
 /// Longest socket path that fits `sun_path` (108 bytes with its NUL), with a margin.
 const MAX_SOCKET_PATH: usize = 100;
+/// How long a control command waits for the shim to have acted on it.
+const CONTROL_DONE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connects to the shim of `process_dir`. A path too long for a socket address is reached
 /// through `/proc/self/fd/<descriptor of the directory>/sock`.
@@ -51,7 +59,8 @@ pub(crate) async fn connect(process_dir: &Path) -> std::io::Result<UnixStream> {
 }
 
 /// Sends one command on a control connection (not counted as a client of the process,
-/// and not queued behind stdin that the process does not read).
+/// and not queued behind stdin that the process does not read). Returns once the shim
+/// has acted on it, so two commands in a row take effect in order.
 pub(crate) async fn send_control(process_dir: &Path, frame: ClientFrame) -> std::io::Result<()> {
     let mut stream = connect(process_dir).await?;
     let mut bytes = ClientFrame::Hello {
@@ -61,7 +70,15 @@ pub(crate) async fn send_control(process_dir: &Path, frame: ClientFrame) -> std:
     .encode();
     bytes.extend(frame.encode());
     stream.write_all(&bytes).await?;
-    stream.shutdown().await
+    stream.shutdown().await?;
+    // The shim closes a control connection once it has acted on everything before its
+    // end. A shim that does not get to it in time still has the command.
+    let _ = tokio::time::timeout(CONTROL_DONE_TIMEOUT, async {
+        let mut rest = [0u8; 256];
+        while let Ok(1..) = stream.read(&mut rest).await {}
+    })
+    .await;
+    Ok(())
 }
 
 /// How a [`ShimStream::attach`] failed.
@@ -78,7 +95,10 @@ pub(crate) struct ShimStream {
     events: mpsc::Receiver<ExecEvent>,
     /// `None` when replaying a finished process from its files.
     writer: Option<OwnedWriteHalf>,
+    /// Set once the process is known to have ended (its exit is on the way).
     exited: Arc<AtomicBool>,
+    /// Set once `next_event` returned the exit.
+    exit_delivered: bool,
     reader: JoinHandle<()>,
 }
 
@@ -124,6 +144,7 @@ impl ShimStream {
             events,
             writer,
             exited,
+            exit_delivered: false,
             reader,
         })
     }
@@ -135,16 +156,26 @@ impl ShimStream {
         )
     }
 
-    async fn send(&mut self, frame: ClientFrame) -> Result<(), SandboxError> {
-        if self.exited.load(Ordering::SeqCst) {
+    /// Whether to act on the process: an error once the consumer has its exit, `false`
+    /// (accept and drop) while the exit is on its way to the consumer.
+    fn still_running(&self) -> Result<bool, SandboxError> {
+        if self.exit_delivered {
             return Err(self.has_exited());
         }
+        Ok(!self.exited.load(Ordering::SeqCst))
+    }
+
+    async fn send(&mut self, frame: ClientFrame) -> Result<(), SandboxError> {
+        if !self.still_running()? {
+            return Ok(());
+        }
         let Some(writer) = self.writer.as_mut() else {
-            return Err(self.has_exited());
+            return Ok(());
         };
         match writer.write_all(&frame.encode()).await {
             Ok(()) => Ok(()),
-            Err(_) if recorded_exit(&self.process_dir).await.is_some() => Err(self.has_exited()),
+            // The shim went with the process: the exit is on its way.
+            Err(_) if recorded_exit(&self.process_dir).await.is_some() => Ok(()),
             Err(error) => Err(SandboxError::io(
                 "write to the process shim",
                 self.process_dir.join(SOCKET_FILE),
@@ -226,12 +257,16 @@ async fn read_events(
             }
         }
     }
-    // The connection ended without an exit: the shim finished just as we connected, or
-    // died. What it recorded is the truth; without a record the stream just ends.
+    // The connection ended without an exit. Before any output: the shim was going and
+    // did not take us on (or died); its record is complete, replay it. After some: the
+    // shim died or cut us off, so output may be missing; the recorded exit says so with
+    // `truncated`. Without a record the stream just ends.
     if let Some(record) = recorded_exit(&process_dir).await {
         exited.store(true, Ordering::SeqCst);
         if received_output {
-            let _ = sender.send(ExecEvent::Exit(record.exit)).await;
+            let mut exit = record.exit;
+            exit.truncated = true;
+            let _ = sender.send(ExecEvent::Exit(exit)).await;
         } else {
             replay_recorded(process_dir, record, sender).await;
         }
@@ -268,7 +303,11 @@ impl ExecStream for ShimStream {
     }
 
     async fn next_event(&mut self) -> Option<ExecEvent> {
-        self.events.recv().await
+        let event = self.events.recv().await;
+        if matches!(event, Some(ExecEvent::Exit(_))) {
+            self.exit_delivered = true;
+        }
+        event
     }
 
     async fn write_stdin(&mut self, data: &[u8]) -> Result<(), SandboxError> {
@@ -283,12 +322,12 @@ impl ExecStream for ShimStream {
     }
 
     async fn signal(&mut self, signal: Signal) -> Result<(), SandboxError> {
-        if self.exited.load(Ordering::SeqCst) {
-            return Err(self.has_exited());
+        if !self.still_running()? {
+            return Ok(());
         }
         match send_control(&self.process_dir, ClientFrame::Signal(signal.number())).await {
             Ok(()) => Ok(()),
-            Err(_) if recorded_exit(&self.process_dir).await.is_some() => Err(self.has_exited()),
+            Err(_) if recorded_exit(&self.process_dir).await.is_some() => Ok(()),
             Err(error) => Err(SandboxError::io(
                 "signal through the process shim",
                 self.process_dir.join(SOCKET_FILE),

@@ -7,8 +7,11 @@
 //! the `cthulu-shim` binary of this crate in tests). [`run`] is the whole program:
 //! `server` leaves the server's session, starts the process (on pipes or a PTY),
 //! answers one JSON line on stdout (`records::Handshake`), then serves clients on the
-//! Unix socket `sock` with the framed [`protocol`], keeps the last 1 MiB of each output
-//! channel, and records the exit (`exit.json` plus the kept output) before it exits.
+//! Unix socket `sock` with the framed [`protocol`]: the first client (the server that
+//! started it) gets every byte of the output, with backpressure; the last 1 MiB of each
+//! channel is kept for clients that attach later. It records the exit (`exit.json` plus
+//! the kept output) before any client hears of it, and exits once every attached client
+//! has it.
 //! `client` is the server side of that socket: an [`ExecStream`](cthulu_core::ExecStream).
 
 mod child;

@@ -28,9 +28,11 @@
 //! | `0x04` | `Refused` | UTF-8 reason (wrong version, too many clients), then close |
 //!
 //! An attach client first receives the output the shim kept (the last 1 MiB of each
-//! channel, stdout first), then live output, then `Exit` after the last output. Closing
-//! an attach connection of a process that was not started detached, when it was the last
-//! one, kills the process group.
+//! channel, stdout first), then live output, then `Exit` after the last output. The first
+//! attach client gets the whole output live (the shim reads none before it connects). A
+//! shim that is about to exit closes new connections without a frame: the client replays
+//! the recorded files then, which are complete. Closing an attach connection of a process
+//! that was not started detached, when it was the last one, kills the process group.
 
 use std::io::{self, Read, Write};
 

@@ -7,10 +7,25 @@
 //! attached client (commands in, frames out), one waiting for the process, and the main
 //! thread that enforces the timeout and finishes up.
 //!
+//! No output is lost on the way to a client:
+//! - The pumps read nothing until the first client (the server that started the process)
+//!   has attached, so that client gets everything live; the process meanwhile waits on a
+//!   full pipe. Only when no client came within `FIRST_ATTACH_LIMIT` (a detached process
+//!   whose server went away) do they read without one, into the ring alone.
+//! - A pump waits while a client's queue is full: the process then waits like on a slow
+//!   terminal. A client is cut off only when it has been stuck for `STALL_LIMIT` while
+//!   another client keeps up (so one dead client cannot freeze the others); a client
+//!   that is merely slow, or alone, is waited for.
+//! - After the process exits, the pumps read everything it wrote before (and what
+//!   background children write within `DRAIN_GRACE`), however long the clients take.
+//! - The shim stays until every attached client has received the exit; a client that
+//!   connects once it has stopped taking clients is closed without a word and replays the
+//!   recorded files instead (they are complete by then).
+//!
+//! The ring (the last 1 MiB per channel) only serves clients that attach later.
+//!
 //! Memory stays bounded: 1 MiB of kept output per channel, at most `QUEUE_LIMIT` bytes
-//! queued per client (a pump waits while a client's queue is full: the process then
-//! waits like on a slow terminal; a client stuck for `STALL_LIMIT` is dropped so the
-//! process is never blocked for good), at most `MAX_CONNECTIONS` connections.
+//! queued per client, at most `MAX_CONNECTIONS` connections.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -25,6 +40,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cthulu_core::ExitInfo;
+use rustix::event::{PollFd, PollFlags, Timespec};
 
 use super::child::{self, ChildControl};
 use super::protocol::{
@@ -41,24 +57,33 @@ use crate::state::write_atomic;
 pub(crate) const RING_BYTES: usize = 1 << 20;
 /// Bytes queued for one client before the pumps wait for it.
 const QUEUE_LIMIT: usize = 1 << 20;
-/// A client whose queue stays full this long is disconnected.
+/// A client whose queue stays full this long, while another client keeps up, is
+/// disconnected.
 const STALL_LIMIT: Duration = Duration::from_secs(30);
-/// After the process exits, how long to keep reading output that a background child may
-/// still be writing into the same pipe.
+/// After the process exits, how long background children that share its output may go on
+/// writing before the pumps only read what is already waiting.
 const DRAIN_GRACE: Duration = Duration::from_millis(200);
-/// A process that is not detached is killed when no client attached this soon (the
-/// server that started it is gone).
+/// Once draining, a pump stops when its source has had nothing for this long...
+const DRAIN_QUIET: Timespec = Timespec {
+    tv_sec: 0,
+    tv_nsec: 20_000_000,
+};
+/// ...or when it has read this much more than was waiting when the drain began (a
+/// background child that never stops writing).
+const DRAIN_EXTRA_BYTES: u64 = 1 << 20;
+/// Until the first client attached, or this long after the start, the pumps do not read.
+/// A process that is not detached is killed then if no client came (the server that
+/// started it is gone); a detached one goes on, its output kept in the ring alone.
 const FIRST_ATTACH_LIMIT: Duration = Duration::from_secs(30);
 /// After the exit, how long to wait for the first client when none ever attached (the
 /// starting server may not have connected yet).
 const LINGER_WITHOUT_CLIENT: Duration = Duration::from_secs(5);
-/// After the exit, how long to wait for attached clients to receive it.
-const LINGER_FOR_DELIVERY: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 16;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the shim of the process directory `process_dir`.
 pub(super) fn serve(process_dir: &Path) -> Result<(), ShimError> {
+    let start = Instant::now();
     block_hangup_signals();
     // Leave the server's session and process group: a Ctrl-C or hang-up aimed at the
     // server must not reach us. Fails only if we already lead a group, which is fine.
@@ -111,24 +136,27 @@ pub(super) fn serve(process_dir: &Path) -> Result<(), ShimError> {
         child_pid: pids.child_pid,
     });
 
-    let shared = Arc::new(Shared {
-        state: Mutex::new(State::new(spawned.outputs.len())),
-        changed: Condvar::new(),
-        control: spawned.control,
-        detach: spec.detach,
-        cap: spec.max_output_bytes,
-        connections: AtomicUsize::new(0),
-    });
+    let shared = Arc::new(Shared::new(
+        spawned.control,
+        spec.detach,
+        spec.max_output_bytes,
+        start + FIRST_ATTACH_LIMIT,
+        spawned.outputs.len(),
+    ));
+    // Closing `drain_signal` tells the pumps the process has ended.
+    let (drain_signal, drain_watch) = UnixStream::pair().map_err(ShimError::Io)?;
     for (channel, source) in spawned.outputs {
         let shared = shared.clone();
-        thread::spawn(move || pump(&shared, channel, source));
+        let drain_watch = drain_watch.try_clone().map_err(ShimError::Io)?;
+        thread::spawn(move || pump(&shared, channel, source, drain_watch));
     }
+    drop(drain_watch);
     {
         let shared = shared.clone();
         thread::spawn(move || accept_loop(&shared, listener));
     }
     let (status, timed_out) = wait_for_exit(&shared, spawned.process, &spec);
-    finish(&shared, status, timed_out)
+    finish(&shared, status, timed_out, drain_signal)
 }
 
 /// Blocks SIGHUP and SIGPIPE in every thread of the shim (threads inherit the mask): the
@@ -211,10 +239,12 @@ struct State {
     clients: BTreeMap<u64, Client>,
     next_client_id: u64,
     attached_ever: bool,
-    /// Set once the process has ended: later output is dropped.
+    /// Set once the process has ended and its output is complete.
     sealed: bool,
     /// Set once the exit is recorded on disk and queued for the clients.
     exit: Option<ExitInfo>,
+    /// Set when the shim is about to go: no more clients are registered.
+    closing: bool,
 }
 
 impl State {
@@ -229,6 +259,7 @@ impl State {
             attached_ever: false,
             sealed: false,
             exit: None,
+            closing: false,
         }
     }
 }
@@ -239,10 +270,30 @@ struct Shared {
     control: Arc<ChildControl>,
     detach: bool,
     cap: u64,
+    /// When the pumps start reading even though no client attached.
+    first_client_deadline: Instant,
     connections: AtomicUsize,
 }
 
 impl Shared {
+    fn new(
+        control: Arc<ChildControl>,
+        detach: bool,
+        cap: u64,
+        first_client_deadline: Instant,
+        open_channels: usize,
+    ) -> Shared {
+        Shared {
+            state: Mutex::new(State::new(open_channels)),
+            changed: Condvar::new(),
+            control,
+            detach,
+            cap,
+            first_client_deadline,
+            connections: AtomicUsize::new(0),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()
@@ -266,38 +317,28 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes a chunk of output: under the cap it is kept and sent to every client, past
-    /// it dropped (and the run marked truncated). Waits while a client's queue is full.
-    fn output(&self, channel: Channel, data: &[u8]) {
+    /// Waits until the first client attached, or [`FIRST_ATTACH_LIMIT`] after the start.
+    fn wait_for_first_client(&self) {
         let mut state = self.lock();
-        loop {
-            if state.sealed {
-                return;
-            }
-            let now = Instant::now();
-            let mut stalled = Vec::new();
-            let mut waiting = false;
-            for (id, client) in state.clients.iter_mut() {
-                if client.queued_bytes < QUEUE_LIMIT {
-                    client.full_since = None;
-                    continue;
-                }
-                let since = *client.full_since.get_or_insert(now);
-                if now.duration_since(since) >= STALL_LIMIT {
-                    stalled.push(*id);
-                } else {
-                    waiting = true;
-                }
-            }
-            for id in stalled {
-                self.disconnect_locked(&mut state, id);
-            }
-            if !waiting {
+        while !state.attached_ever {
+            let left = self
+                .first_client_deadline
+                .saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 break;
             }
-            state = self.wait_timeout(state, Duration::from_secs(1));
+            state = self.wait_timeout(state, left);
         }
+    }
+
+    /// Takes a chunk of output: under the cap it is kept and sent to every client, past
+    /// it dropped (and the run marked truncated) at once. Waits while a client's queue is
+    /// full; a client stuck for [`STALL_LIMIT`] is cut off only while another one keeps
+    /// up.
+    fn output(&self, channel: Channel, data: &[u8]) {
+        let mut state = self.lock();
         let index = channel.index();
+        // Only this channel's pump counts its bytes: the room cannot change meanwhile.
         let room = self.cap.saturating_sub(state.accepted[index]);
         let taken = &data[..data.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
         if taken.len() < data.len() {
@@ -305,6 +346,34 @@ impl Shared {
         }
         if taken.is_empty() {
             return;
+        }
+        loop {
+            let now = Instant::now();
+            let mut stalled = Vec::new();
+            let mut full = false;
+            let mut keeping_up = false;
+            for (id, client) in state.clients.iter_mut() {
+                if client.queued_bytes < QUEUE_LIMIT {
+                    client.full_since = None;
+                    keeping_up = true;
+                    continue;
+                }
+                full = true;
+                let since = *client.full_since.get_or_insert(now);
+                if now.duration_since(since) >= STALL_LIMIT {
+                    stalled.push(*id);
+                }
+            }
+            if !full {
+                break;
+            }
+            if keeping_up && !stalled.is_empty() {
+                for id in stalled {
+                    self.disconnect_locked(&mut state, id);
+                }
+                continue;
+            }
+            state = self.wait_timeout(state, Duration::from_secs(1));
         }
         state.accepted[index] += taken.len() as u64;
         state.rings[index].push(taken);
@@ -323,9 +392,13 @@ impl Shared {
 
     /// Registers an attach client: returns its id and the replay (kept output, and the
     /// exit if the process has ended), taken atomically with the registration so no chunk
-    /// is lost or doubled.
-    fn attach(&self, stream: UnixStream) -> (u64, Vec<Vec<u8>>) {
+    /// is lost or doubled. `None` once the shim is closing: the client is to replay the
+    /// recorded files instead, which are complete by then.
+    fn attach(&self, stream: UnixStream) -> Option<(u64, Vec<Vec<u8>>)> {
         let mut state = self.lock();
+        if state.closing {
+            return None;
+        }
         let id = state.next_client_id;
         state.next_client_id += 1;
         state.attached_ever = true;
@@ -349,7 +422,7 @@ impl Shared {
         }
         state.clients.insert(id, client);
         self.changed.notify_all();
-        (id, replay)
+        Some((id, replay))
     }
 
     fn disconnect(&self, id: u64) {
@@ -370,13 +443,73 @@ impl Shared {
     }
 }
 
-/// Reads one output source until EOF (or EIO: a PTY whose last user hung up).
-fn pump(shared: &Shared, channel: Channel, mut source: File) {
-    let mut buffer = vec![0u8; CHUNK_LEN];
+/// What a pump's source has for it.
+enum Ready {
+    /// Data, an end of file or an error: `read` tells which.
+    Data,
+    /// The drain began (the process ended).
+    DrainBegins,
+    /// Draining, and nothing came for [`DRAIN_QUIET`].
+    Quiet,
+}
+
+fn wait_ready(source: &File, drain_watch: &UnixStream, draining: bool) -> io::Result<Ready> {
     loop {
-        match source.read(&mut buffer) {
+        let mut fds = [
+            PollFd::new(source, PollFlags::IN),
+            PollFd::new(drain_watch, PollFlags::IN),
+        ];
+        let (fds, timeout) = if draining {
+            (&mut fds[..1], Some(&DRAIN_QUIET))
+        } else {
+            (&mut fds[..], None)
+        };
+        match rustix::event::poll(fds, timeout) {
+            Ok(0) => return Ok(Ready::Quiet),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(errno) => return Err(errno.into()),
+        }
+        // The drain first: a background child that never stops writing must not keep
+        // the pump from noticing it.
+        if !draining && !fds[1].revents().is_empty() {
+            return Ok(Ready::DrainBegins);
+        }
+        return Ok(Ready::Data);
+    }
+}
+
+/// Reads one output source, once the first client is there, until EOF (or EIO: a PTY
+/// whose last user hung up), or, once `drain_watch` says the process ended, until it has
+/// read what was waiting then and the source falls quiet.
+fn pump(shared: &Shared, channel: Channel, source: File, drain_watch: UnixStream) {
+    shared.wait_for_first_client();
+    let mut buffer = vec![0u8; CHUNK_LEN];
+    // Set once draining: how much more to read at most.
+    let mut budget: Option<u64> = None;
+    loop {
+        match wait_ready(&source, &drain_watch, budget.is_some()) {
+            Ok(Ready::Data) => {}
+            Ok(Ready::DrainBegins) => {
+                // Everything the process wrote before it ended is in the source by now
+                // (this pump is its only reader): what is waiting is what is owed.
+                let waiting = rustix::io::ioctl_fionread(&source).unwrap_or(0);
+                budget = Some(waiting.saturating_add(DRAIN_EXTRA_BYTES));
+                continue;
+            }
+            Ok(Ready::Quiet) | Err(_) => break,
+        }
+        match (&source).read(&mut buffer) {
             Ok(0) => break,
-            Ok(read) => shared.output(channel, &buffer[..read]),
+            Ok(read) => {
+                shared.output(channel, &buffer[..read]);
+                if let Some(left) = budget.as_mut() {
+                    *left = left.saturating_sub(read as u64);
+                    if *left == 0 {
+                        break;
+                    }
+                }
+            }
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => break,
         }
@@ -430,7 +563,10 @@ fn serve_client(shared: &Arc<Shared>, stream: UnixStream) {
             let (Ok(writer), Ok(handle)) = (reader.try_clone(), reader.try_clone()) else {
                 return;
             };
-            let (id, replay) = shared.attach(handle);
+            // Closing: dropping the connection sends the client to the recorded files.
+            let Some((id, replay)) = shared.attach(handle) else {
+                return;
+            };
             let shared = shared.clone();
             thread::spawn(move || write_loop(&shared, id, writer, replay));
             Some(id)
@@ -441,7 +577,8 @@ fn serve_client(shared: &Arc<Shared>, stream: UnixStream) {
             Ok(ClientFrame::Stdin(data)) => shared.control.write_stdin(&data),
             Ok(ClientFrame::CloseStdin) => shared.control.close_stdin(),
             Ok(ClientFrame::Signal(number)) => {
-                // After the exit the group id may belong to someone else.
+                // Until the output is complete, what is left of the group may still be
+                // writing (the control checks the group id is still ours).
                 if !shared.lock().sealed {
                     shared.control.signal(number);
                 }
@@ -500,8 +637,25 @@ fn wait_for_exit(
     spec: &ShimSpec,
 ) -> (io::Result<ExitStatus>, bool) {
     let (sender, receiver) = mpsc::channel();
+    let control = shared.control.clone();
     thread::spawn(move || {
-        let _ = sender.send(process.wait());
+        // The end first, without reaping: once reaped, the group id may be recycled, and
+        // signals must know before that can happen.
+        if let Some(pid) = rustix::process::Pid::from_raw(process.id() as i32) {
+            let options =
+                rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOWAIT;
+            loop {
+                match rustix::process::waitid(rustix::process::WaitId::Pid(pid), options) {
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Ok(_) => control.mark_ended(),
+                    Err(_) => {}
+                }
+                break;
+            }
+        }
+        let status = process.wait();
+        control.mark_ended();
+        let _ = sender.send(status);
     });
     let start = Instant::now();
     let far = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -537,13 +691,11 @@ fn wait_for_exit(
     }
 }
 
-/// Drains what is left of the output (briefly), seals it, records the exit on disk, tells
-/// the clients and lingers until they have it.
-fn finish(
-    shared: &Shared,
-    status: io::Result<ExitStatus>,
-    timed_out: bool,
-) -> Result<(), ShimError> {
+/// Lets the pumps read the rest of the output once the process has ended: everything
+/// until they reach the end of their source within [`DRAIN_GRACE`] (background children
+/// may share it), then what is waiting; however long the clients take to receive it.
+fn drain(shared: &Shared, drain_signal: UnixStream) {
+    shared.wait_for_first_client();
     let grace_end = Instant::now() + DRAIN_GRACE;
     let mut state = shared.lock();
     while state.open_channels > 0 {
@@ -553,8 +705,23 @@ fn finish(
         }
         state = shared.wait_timeout(state, left);
     }
-    // From here on the pumps drop whatever a background child still writes.
+    drop(drain_signal);
+    while state.open_channels > 0 {
+        state = shared.wait(state);
+    }
     state.sealed = true;
+}
+
+/// Drains the output, records the exit on disk, tells the clients and lingers until they
+/// have it.
+fn finish(
+    shared: &Shared,
+    status: io::Result<ExitStatus>,
+    timed_out: bool,
+    drain_signal: UnixStream,
+) -> Result<(), ShimError> {
+    drain(shared, drain_signal);
+    let state = shared.lock();
     let (exit_code, signal) = match &status {
         Ok(status) => (status.code(), status.signal()),
         Err(_) => (None, None),
@@ -592,20 +759,23 @@ fn finish(
         client.push(frame.clone(), true);
     }
     shared.changed.notify_all();
+    // Every attached client gets the exit, however slowly it reads (it is gone when its
+    // connection is: the server died or dropped the stream).
     let first_client_deadline = Instant::now() + LINGER_WITHOUT_CLIENT;
-    let delivery_deadline = first_client_deadline + LINGER_FOR_DELIVERY;
     loop {
-        let now = Instant::now();
         if state.attached_ever {
-            if state.clients.values().all(|client| client.exit_sent) || now >= delivery_deadline {
+            if state.clients.values().all(|client| client.exit_sent) {
                 break;
             }
-        } else if now >= first_client_deadline {
+        } else if Instant::now() >= first_client_deadline {
             // Nobody came for it; the exit is on disk for whoever comes later.
             break;
         }
         state = shared.wait_timeout(state, Duration::from_millis(100));
     }
+    // Decided under the same lock as the check above: a client that connects from now
+    // on is closed unregistered and replays the recorded files, never a part of them.
+    state.closing = true;
     drop(state);
     let _ = std::fs::remove_file(SOCKET_FILE);
     write_result.map_err(ShimError::Io)
@@ -625,5 +795,94 @@ mod tests {
         assert_eq!(ring.contents(), b"6789");
         ring.push(b"");
         assert_eq!(ring.contents(), b"6789");
+    }
+
+    /// A pump on a source that a "process" fills until everything on the way to a client
+    /// that reads nothing is full; then the process ends and the drain runs while the
+    /// client still reads nothing, for longer than the grace. The client, reading at
+    /// last, gets every byte. `background`: a background child keeps the source open
+    /// (and silent), so the pump never sees its end.
+    fn drain_with_a_stalled_client(background: bool) {
+        let shared = Arc::new(Shared::new(
+            Arc::new(ChildControl::nothing()),
+            true,
+            u64::MAX,
+            Instant::now(),
+            1,
+        ));
+        let (mut client, shim_end) = UnixStream::pair().unwrap();
+        let (id, replay) = shared.attach(shim_end.try_clone().unwrap()).unwrap();
+        {
+            let shared = shared.clone();
+            thread::spawn(move || write_loop(&shared, id, shim_end, replay));
+        }
+        // A socket pair stands in for the pipe: the same poll, read and FIONREAD.
+        let (source, mut sink) = UnixStream::pair().unwrap();
+        let source = File::from(std::os::fd::OwnedFd::from(source));
+        let (drain_signal, drain_watch) = UnixStream::pair().unwrap();
+        {
+            let shared = shared.clone();
+            thread::spawn(move || pump(&shared, Channel::Stdout, source, drain_watch));
+        }
+
+        sink.set_nonblocking(true).unwrap();
+        let mut written = 0usize;
+        let mut blocked = 0;
+        while blocked < 10 {
+            match sink.write(&[7u8; CHUNK_LEN]) {
+                Ok(count) => {
+                    written += count;
+                    blocked = 0;
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    blocked += 1;
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err(error) => panic!("{error}"),
+            }
+        }
+        assert!(
+            written > QUEUE_LIMIT,
+            "the queue filled up ({written} bytes)"
+        );
+        // The process ends; a background child may keep its output open.
+        let holder = background.then(|| sink.try_clone().unwrap());
+        drop(sink);
+
+        let drained = {
+            let shared = shared.clone();
+            thread::spawn(move || drain(&shared, drain_signal))
+        };
+        thread::sleep(DRAIN_GRACE * 3);
+        assert!(!drained.is_finished(), "the drain waits for the client");
+
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut received = 0usize;
+        while received < written {
+            let (kind, payload) = protocol::read_frame(&mut client).unwrap().unwrap();
+            match ShimFrame::decode(kind, &payload).unwrap() {
+                ShimFrame::Output { data, .. } => received += data.len(),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(received, written);
+        drained.join().unwrap();
+        let state = shared.lock();
+        assert!(state.sealed && state.open_channels == 0);
+        assert_eq!(state.accepted[0], written as u64);
+        drop(state);
+        drop(holder);
+    }
+
+    #[test]
+    fn the_drain_waits_for_a_stalled_client() {
+        drain_with_a_stalled_client(false);
+    }
+
+    #[test]
+    fn the_drain_reads_what_was_waiting_despite_a_background_child() {
+        drain_with_a_stalled_client(true);
     }
 }

@@ -448,3 +448,421 @@ async fn socket_paths_longer_than_an_address_still_work() {
     assert_eq!(text(&collected.stdout), "hello\ngot more\n");
     sandbox.destroy().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------
+// Every byte of a stream, in order: output produced before the server's first connection
+// to the shim, under a slow consumer, and up to the cap.
+
+/// How a test reads a stream: at once, slowly for its first bytes, or with one long pause.
+#[derive(Clone, Copy, PartialEq)]
+enum Pace {
+    Fast,
+    /// A pause after the first event (every buffer on the way fills up and the program
+    /// waits), then a short sleep before each of the next few hundred events while less
+    /// than this many bytes have arrived.
+    SlowFor(usize),
+    /// One long pause once this many bytes have arrived.
+    PauseAt(usize),
+}
+
+/// Reads a stream to its exit, handing every output chunk to `check` in order.
+async fn consume(
+    stream: &mut Box<dyn cthulu_core::ExecStream>,
+    pace: Pace,
+    mut check: impl FnMut(cthulu_core::ExecEvent),
+) -> cthulu_core::ExitInfo {
+    let deadline = tokio::time::Instant::now() + WAIT * 4;
+    let mut received = 0usize;
+    let mut events = 0usize;
+    let mut paused = false;
+    loop {
+        if let Pace::SlowFor(limit) = pace {
+            if events == 1 {
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+            } else if received < limit && events < 400 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        if let Pace::PauseAt(at) = pace {
+            if received >= at && !paused {
+                paused = true;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+        }
+        let event = tokio::time::timeout_at(deadline, stream.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("timed out after {received} bytes"));
+        events += 1;
+        match event {
+            Some(cthulu_core::ExecEvent::Exit(exit)) => {
+                assert!(
+                    stream.next_event().await.is_none(),
+                    "nothing after the exit"
+                );
+                return exit;
+            }
+            Some(event) => {
+                if let cthulu_core::ExecEvent::Stdout(data) | cthulu_core::ExecEvent::Stderr(data) =
+                    &event
+                {
+                    received += data.len();
+                }
+                check(event);
+            }
+            None => panic!("the stream ended without an exit after {received} bytes"),
+        }
+    }
+}
+
+fn uncapped(script: &str) -> ExecSpec {
+    let mut spec = ExecSpec::shell(script);
+    spec.max_output_bytes = u64::MAX;
+    spec
+}
+
+async fn stream_zeros(sandbox: &dyn SandboxHandle, pace: Pace, rounds: usize) {
+    const TOTAL: usize = 64 << 20;
+    for round in 0..rounds {
+        let mut stream = sandbox
+            .exec_stream(uncapped("head -c 64M /dev/zero"))
+            .await
+            .unwrap();
+        let mut count = 0usize;
+        let exit = consume(&mut stream, pace, |event| match event {
+            cthulu_core::ExecEvent::Stdout(data) => {
+                assert!(data.iter().all(|&byte| byte == 0), "round {round}");
+                count += data.len();
+            }
+            other => panic!("round {round}: unexpected {other:?}"),
+        })
+        .await;
+        assert_eq!(count, TOTAL, "round {round}: every byte, {pace:?}");
+        assert_eq!(exit.exit_code, Some(0), "round {round}: {exit:?}");
+        assert!(!exit.truncated, "round {round}: {exit:?}");
+    }
+}
+
+/// Checks that the output is exactly the lines `1`, `2`, … in order.
+#[derive(Default)]
+struct Sequence {
+    next: u64,
+    value: u64,
+    digits: usize,
+}
+
+impl Sequence {
+    fn feed(&mut self, data: &[u8]) {
+        for &byte in data {
+            if byte == b'\n' {
+                assert!(self.digits > 0, "an empty line after {}", self.next);
+                assert_eq!(self.value, self.next + 1, "the line after {}", self.next);
+                self.next = self.value;
+                self.value = 0;
+                self.digits = 0;
+            } else {
+                assert!(
+                    byte.is_ascii_digit(),
+                    "a stray {byte:#04x} after {}",
+                    self.next
+                );
+                self.value = self.value * 10 + u64::from(byte - b'0');
+                self.digits += 1;
+            }
+        }
+    }
+
+    /// The last complete line, checking nothing follows it.
+    fn last(&self) -> u64 {
+        assert_eq!(self.digits, 0, "a partial last line after {}", self.next);
+        self.next
+    }
+}
+
+impl std::fmt::Debug for Pace {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pace::Fast => write!(formatter, "fast consumer"),
+            Pace::SlowFor(bytes) => write!(formatter, "slow consumer for {bytes} bytes"),
+            Pace::PauseAt(bytes) => write!(formatter, "consumer pausing at {bytes} bytes"),
+        }
+    }
+}
+
+async fn stream_sequence(sandbox: &dyn SandboxHandle, pace: Pace, rounds: usize) {
+    for round in 0..rounds {
+        let mut stream = sandbox
+            .exec_stream(uncapped("seq 1 3000000"))
+            .await
+            .unwrap();
+        let mut sequence = Sequence::default();
+        let exit = consume(&mut stream, pace, |event| match event {
+            cthulu_core::ExecEvent::Stdout(data) => sequence.feed(&data),
+            other => panic!("round {round}: unexpected {other:?}"),
+        })
+        .await;
+        assert_eq!(sequence.last(), 3_000_000, "round {round}, {pace:?}");
+        assert_eq!(exit.exit_code, Some(0), "round {round}: {exit:?}");
+        assert!(!exit.truncated, "round {round}: {exit:?}");
+    }
+}
+
+#[tokio::test]
+async fn fast_output_arrives_whole_to_a_fast_consumer() {
+    let host = TestHost::new();
+    let sandbox = host.sandbox().await;
+    stream_zeros(&*sandbox, Pace::Fast, 5).await;
+}
+
+#[tokio::test]
+async fn fast_lines_arrive_whole_and_in_order_to_a_fast_consumer() {
+    let host = TestHost::new();
+    let sandbox = host.sandbox().await;
+    stream_sequence(&*sandbox, Pace::Fast, 5).await;
+}
+
+#[tokio::test]
+async fn fast_output_arrives_whole_to_a_slow_consumer() {
+    let host = TestHost::new();
+    let sandbox = host.sandbox().await;
+    stream_zeros(&*sandbox, Pace::SlowFor(8 << 20), 3).await;
+}
+
+#[tokio::test]
+async fn fast_lines_arrive_whole_and_in_order_to_a_slow_consumer() {
+    let host = TestHost::new();
+    let sandbox = host.sandbox().await;
+    stream_sequence(&*sandbox, Pace::SlowFor(8 << 20), 3).await;
+}
+
+#[tokio::test]
+async fn the_tail_of_the_output_reaches_a_consumer_slow_to_the_end() {
+    // The program is done long before the consumer: what it wrote last still arrives,
+    // whether the consumer is slow throughout or pauses just before the end.
+    let host = TestHost::new();
+    let sandbox = host.sandbox().await;
+    let bytes = |last: u32| -> usize { (1..=last).map(|n| n.to_string().len() + 1).sum() };
+    for (round, (last, pace)) in [
+        (300_000u32, Pace::SlowFor(usize::MAX)),
+        (2_500_000, Pace::PauseAt(bytes(2_500_000) - (1 << 20))),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut stream = sandbox
+            .exec_stream(uncapped(&format!("seq 1 {last}")))
+            .await
+            .unwrap();
+        let mut sequence = Sequence::default();
+        let exit = consume(&mut stream, pace, |event| match event {
+            cthulu_core::ExecEvent::Stdout(data) => sequence.feed(&data),
+            other => panic!("round {round}: unexpected {other:?}"),
+        })
+        .await;
+        assert_eq!(sequence.last(), u64::from(last), "round {round}, {pace:?}");
+        assert!(exit.exit_code == Some(0) && !exit.truncated, "{exit:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_pty_stream_keeps_output_written_just_before_the_exit() {
+    let host = TestHost::new();
+    let sandbox = host.sandbox().await;
+    for round in 0..5 {
+        let mut spec = ExecSpec::shell("seq 1 20000; printf end");
+        spec.tty = Some(PtySize { cols: 80, rows: 24 });
+        let mut stream = sandbox.exec_stream(spec).await.unwrap();
+        let collected = collect_all(&mut stream).await;
+        let output = text(&collected.stdout).replace("\r\n", "\n");
+        let expected: String = (1..=20000).map(|n| format!("{n}\n")).collect::<String>() + "end";
+        assert!(output == expected, "round {round}: {} bytes", output.len());
+        assert_eq!(collected.exit.unwrap().exit_code, Some(0));
+    }
+}
+
+#[tokio::test]
+async fn the_output_cap_cuts_a_stream_exactly() {
+    let host = TestHost::new();
+    let sandbox = host.sandbox().await;
+    // Each channel capped on its own, exactly; the program still runs to its end.
+    let mut spec = ExecSpec::shell("head -c 20M /dev/zero; seq 1 1000000 >&2; echo done >&2");
+    spec.max_output_bytes = 3_000_000;
+    let mut stream = sandbox.exec_stream(spec).await.unwrap();
+    let (mut stdout, mut stderr) = (0usize, Vec::new());
+    let exit = consume(&mut stream, Pace::Fast, |event| match event {
+        cthulu_core::ExecEvent::Stdout(data) => {
+            assert!(data.iter().all(|&byte| byte == 0));
+            stdout += data.len();
+        }
+        cthulu_core::ExecEvent::Stderr(data) => stderr.extend_from_slice(&data),
+        other => panic!("unexpected {other:?}"),
+    })
+    .await;
+    assert_eq!(stdout, 3_000_000);
+    let expected: Vec<u8> = (1..=1_000_000)
+        .flat_map(|n: u32| format!("{n}\n").into_bytes())
+        .take(3_000_000)
+        .collect();
+    assert!(
+        stderr == expected,
+        "stderr is the first 3 MB of the sequence"
+    );
+    assert!(exit.truncated && exit.exit_code == Some(0), "{exit:?}");
+
+    // Exactly the cap is not truncated; slow reading changes nothing.
+    let mut spec = ExecSpec::shell("head -c 3000000 /dev/zero");
+    spec.max_output_bytes = 3_000_000;
+    let mut stream = sandbox.exec_stream(spec).await.unwrap();
+    let mut count = 0usize;
+    let exit = consume(&mut stream, Pace::SlowFor(1 << 20), |event| {
+        if let cthulu_core::ExecEvent::Stdout(data) = event {
+            count += data.len();
+        }
+    })
+    .await;
+    assert_eq!(count, 3_000_000);
+    assert!(!exit.truncated && exit.exit_code == Some(0), "{exit:?}");
+}
+
+/// The shim on its own, with a client that connects late: what the process wrote before
+/// the first client came is all there, not just the last MiB the shim keeps for replays.
+#[test]
+fn a_shim_holds_output_back_until_its_first_client() {
+    use std::io::{BufRead, Write};
+    use std::os::unix::net::UnixStream;
+
+    use cthulu_host::shim::protocol::{read_frame, ClientFrame, Role, ShimFrame, PROTOCOL_VERSION};
+
+    let dir = tempfile::tempdir().unwrap();
+    let process_dir = dir.path().join("p");
+    std::fs::create_dir(&process_dir).unwrap();
+    let spec = serde_json::json!({
+        "argv": ["sh", "-c", "head -c 8388608 /dev/zero; echo done >&2"],
+        "env": {"PATH": std::env::var("PATH").unwrap()},
+        "cwd": dir.path(),
+        "tty": null,
+        "detach": true,
+        "timeout_ms": 60_000,
+        "max_output_bytes": u64::MAX,
+    });
+    std::fs::write(process_dir.join("spec.json"), spec.to_string()).unwrap();
+    let mut shim = std::process::Command::new(env!("CARGO_BIN_EXE_cthulu-shim"))
+        .arg(&process_dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut handshake = String::new();
+    std::io::BufReader::new(shim.stdout.take().unwrap())
+        .read_line(&mut handshake)
+        .unwrap();
+    assert!(handshake.contains("started"), "{handshake}");
+    // Long enough for the process to have written everything if nothing held it back.
+    std::thread::sleep(Duration::from_millis(1000));
+
+    let mut socket = UnixStream::connect(process_dir.join("sock")).unwrap();
+    socket
+        .write_all(
+            &ClientFrame::Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Attach,
+            }
+            .encode(),
+        )
+        .unwrap();
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    let (mut stdout, mut stderr) = (0usize, Vec::new());
+    let exit = loop {
+        let (kind, payload) = read_frame(&mut socket).unwrap().expect("a frame");
+        match ShimFrame::decode(kind, &payload).unwrap() {
+            ShimFrame::Output { channel, data } => match channel {
+                cthulu_host::shim::protocol::Channel::Stdout => stdout += data.len(),
+                cthulu_host::shim::protocol::Channel::Stderr => stderr.extend(data),
+            },
+            ShimFrame::Exit(exit) => break exit,
+            ShimFrame::Refused(reason) => panic!("refused: {reason}"),
+        }
+    };
+    assert_eq!(stdout, 8 << 20);
+    assert_eq!(text(&stderr), "done\n");
+    assert_eq!(exit.exit_code, Some(0));
+    assert!(!exit.truncated);
+    drop(socket);
+    assert!(shim.wait().unwrap().success());
+}
+
+// ---------------------------------------------------------------------------------------
+// Attaching to a process that was just killed: the replay and the exit, every time.
+
+#[tokio::test]
+async fn attaching_right_after_a_kill_replays_and_exits() {
+    let host = TestHost::new();
+    let sandbox = host.sandbox().await;
+    // Several frames of replay (a part of it would show), well under the 1 MiB kept.
+    let expected: String = (1..=40_000).map(|n| format!("{n}\n")).collect();
+    for round in 0..20 {
+        let mut spec = ExecSpec::shell("seq 1 40000; echo err >&2; exec sleep 1000");
+        spec.detach = true;
+        let mut first = sandbox.exec_stream(spec).await.unwrap();
+        let process_id = first.process_id().to_owned();
+        let mut collected = Collected::default();
+        collect_until(&mut first, &mut collected, |c| {
+            c.stdout.len() == expected.len() && c.stderr == b"err\n"
+        })
+        .await;
+        // Half the rounds keep the first stream (the shim then lingers to deliver the exit
+        // to it), half let it go (the shim exits as soon as it recorded the exit).
+        let kept = (round % 2 == 0).then_some(first);
+        sandbox
+            .signal_process(&process_id, Signal::Kill)
+            .await
+            .unwrap();
+        // Different moments of the shim's ending.
+        if round % 4 >= 2 {
+            tokio::time::sleep(Duration::from_millis((round % 5) as u64)).await;
+        }
+        let mut stream = sandbox
+            .attach_process(&process_id)
+            .await
+            .unwrap_or_else(|error| panic!("round {round}: attach: {error:?}"));
+        // What the CLI does when its stdin is not a terminal: input racing the exit is
+        // accepted (and goes nowhere), not an error.
+        stream
+            .close_stdin()
+            .await
+            .unwrap_or_else(|error| panic!("round {round}: close_stdin: {error:?}"));
+        if round % 3 == 0 {
+            stream
+                .signal(Signal::Int)
+                .await
+                .unwrap_or_else(|error| panic!("round {round}: signal: {error:?}"));
+        }
+        let replayed = collect_all(&mut stream).await;
+        assert!(
+            text(&replayed.stdout) == expected,
+            "round {round}: {} bytes replayed",
+            replayed.stdout.len()
+        );
+        assert_eq!(text(&replayed.stderr), "err\n", "round {round}");
+        let exit = replayed
+            .exit
+            .unwrap_or_else(|| panic!("round {round}: no exit"));
+        assert_eq!(exit.signal, Some(9), "round {round}: {exit:?}");
+        // Once the exit was delivered, the process is gone for good.
+        let error = stream.write_stdin(b"late").await.unwrap_err();
+        assert!(
+            matches!(&error, SandboxError::InvalidRequest { message, .. } if message.contains("has exited")),
+            "round {round}: {error:?}"
+        );
+        let error = sandbox
+            .signal_process(&process_id, Signal::Kill)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, SandboxError::InvalidRequest { message, .. } if message.contains("has exited")),
+            "round {round}: {error:?}"
+        );
+        if let Some(mut first) = kept {
+            let rest = collect_all(&mut first).await;
+            assert_eq!(rest.exit.unwrap().signal, Some(9), "round {round}");
+        }
+    }
+}
