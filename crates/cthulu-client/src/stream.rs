@@ -190,11 +190,12 @@ impl ExecSession {
                             oom_killed,
                         })));
                     }
+                    // After `started`, an error frame answers one control message
+                    // (stdin, signal, resize) and the session goes on; a fatal failure
+                    // closes the socket, which ends it below.
                     ServerMessage::Error { error } => {
-                        return Err(ClientError::Api {
-                            status: error.code.http_status(),
-                            error,
-                        })
+                        tracing::warn!(code = %error.code, message = %error.message, "the server refused a control message");
+                        continue;
                     }
                 },
                 Message::Close(_) if self.exited => return Ok(None),
