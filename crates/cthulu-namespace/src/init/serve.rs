@@ -1,0 +1,385 @@
+//! PID 1's loop: accepts control connections, forks commands, reaps every child (its own
+//! and orphans reparented to it) and reports exits on the connection that started them.
+//! SIGCHLD arrives through a signalfd, so one `poll` waits for everything.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::process::{Pid, WaitOptions};
+
+use crate::protocol::{self, ExecRequest, Request, Response, StartStep};
+
+/// A client must send its request this soon after connecting.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A command started for a connection.
+struct Running {
+    pgid: i32,
+    /// `None` once the client went away (the group was killed then).
+    connection: Option<UnixStream>,
+}
+
+pub fn serve(listener: UnixListener) -> Result<(), String> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|error| format!("setting the control socket non-blocking: {error}"))?;
+    let signals = child_signals().map_err(|error| format!("creating the signalfd: {error}"))?;
+    let mut running: HashMap<i32, Running> = HashMap::new();
+    loop {
+        let watched: Vec<i32> = running
+            .iter()
+            .filter(|(_, command)| command.connection.is_some())
+            .map(|(pid, _)| *pid)
+            .collect();
+        let (listener_ready, signal_ready, ready) = {
+            let mut fds = vec![
+                PollFd::new(&listener, PollFlags::IN),
+                PollFd::new(&signals, PollFlags::IN),
+            ];
+            for pid in &watched {
+                let connection = running[pid].connection.as_ref().expect("filtered above");
+                fds.push(PollFd::new(connection, PollFlags::IN));
+            }
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(errno) => return Err(format!("poll: {errno}")),
+            }
+            let ready: Vec<i32> = watched
+                .iter()
+                .zip(&fds[2..])
+                .filter(|(_, fd)| !fd.revents().is_empty())
+                .map(|(pid, _)| *pid)
+                .collect();
+            (
+                !fds[0].revents().is_empty(),
+                !fds[1].revents().is_empty(),
+                ready,
+            )
+        };
+        if signal_ready {
+            drain(&signals);
+        }
+        // Reaping on every round is cheap and catches a SIGCHLD merged with another.
+        reap(&mut running);
+        for pid in ready {
+            client_message(&mut running, pid);
+        }
+        if listener_ready {
+            loop {
+                match listener.accept() {
+                    Ok((connection, _)) => {
+                        if handle(connection, &mut running) == Flow::Shutdown {
+                            return Ok(());
+                        }
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error) => return Err(format!("accept: {error}")),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Shutdown,
+}
+
+/// Reads and answers the request of a new connection.
+fn handle(mut connection: UnixStream, running: &mut HashMap<i32, Running>) -> Flow {
+    if connection.set_nonblocking(false).is_err()
+        || connection.set_read_timeout(Some(REQUEST_TIMEOUT)).is_err()
+    {
+        return Flow::Continue;
+    }
+    let (request, fds) = match protocol::receive::<Request>(&mut connection) {
+        Ok(Some(received)) => received,
+        Ok(None) => return Flow::Continue,
+        Err(error) => {
+            let _ = answer(
+                &connection,
+                &Response::Refused {
+                    message: error.to_string(),
+                },
+            );
+            return Flow::Continue;
+        }
+    };
+    match request {
+        Request::Exec(exec) => {
+            let Ok([stdin, stdout, stderr]) = <[OwnedFd; 3]>::try_from(fds) else {
+                let message = "an exec request needs stdin, stdout and stderr".to_owned();
+                let _ = answer(&connection, &Response::Refused { message });
+                return Flow::Continue;
+            };
+            match start(&exec, [stdin, stdout, stderr]) {
+                Ok(pid) => {
+                    if answer(&connection, &Response::Started { pid }).is_err() {
+                        kill_group(pid, libc::SIGKILL);
+                    }
+                    let _ = connection.set_read_timeout(None);
+                    running.insert(
+                        pid,
+                        Running {
+                            pgid: pid,
+                            connection: Some(connection),
+                        },
+                    );
+                }
+                Err((errno, during)) => {
+                    let _ = answer(&connection, &Response::StartFailed { errno, during });
+                }
+            }
+            Flow::Continue
+        }
+        Request::SignalGroup { .. } => {
+            let message = "signal_group is only valid on an exec connection".to_owned();
+            let _ = answer(&connection, &Response::Refused { message });
+            Flow::Continue
+        }
+        Request::Shutdown => {
+            // SAFETY: kill(-1) from PID 1 signals every other process of its pid namespace
+            // (only those: it cannot see others); no memory is involved.
+            unsafe { libc::kill(-1, libc::SIGKILL) };
+            let _ = answer(&connection, &Response::Done);
+            Flow::Shutdown
+        }
+    }
+}
+
+fn answer(connection: &UnixStream, response: &Response) -> io::Result<()> {
+    protocol::send(connection, response, &[])
+}
+
+/// A message (or the end) on the connection of a running command.
+fn client_message(running: &mut HashMap<i32, Running>, pid: i32) {
+    let Some(command) = running.get_mut(&pid) else {
+        return;
+    };
+    let Some(connection) = command.connection.as_mut() else {
+        return;
+    };
+    match protocol::receive::<Request>(connection) {
+        Ok(Some((Request::SignalGroup { signal }, _))) => kill_group(command.pgid, signal),
+        Ok(Some(_)) => {
+            let message = "only signal_group is valid on an exec connection".to_owned();
+            let _ = answer(connection, &Response::Refused { message });
+        }
+        // The client is gone (its exec was abandoned): the command goes too.
+        Ok(None) | Err(_) => {
+            kill_group(command.pgid, libc::SIGKILL);
+            command.connection = None;
+        }
+    }
+}
+
+fn kill_group(pgid: i32, signal: i32) {
+    if pgid > 1 {
+        // SAFETY: kill() takes no memory; a negative pid names the process group.
+        unsafe { libc::kill(-pgid, signal) };
+    }
+}
+
+/// Reaps every child that ended, reporting those started for a connection.
+fn reap(running: &mut HashMap<i32, Running>) {
+    loop {
+        // `wait` is waitpid(-1): any child, whatever its process group.
+        match rustix::process::wait(WaitOptions::NOHANG) {
+            Ok(Some((pid, status))) => {
+                let pid = pid.as_raw_nonzero().get();
+                if let Some(command) = running.remove(&pid) {
+                    if let Some(connection) = command.connection {
+                        let exited = Response::Exited {
+                            code: status.exit_status(),
+                            signal: status.terminating_signal(),
+                        };
+                        let _ = answer(&connection, &exited);
+                    }
+                }
+            }
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// A signalfd for SIGCHLD, which is blocked (and unblocked again in every command).
+fn child_signals() -> io::Result<OwnedFd> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it before use, and
+    // sigprocmask and signalfd only read it.
+    unsafe {
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut mask);
+        libc::sigaddset(&mut mask, libc::SIGCHLD);
+        if libc::sigprocmask(libc::SIG_BLOCK, &mask, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &mask, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(<OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd))
+    }
+}
+
+fn drain(signals: &OwnedFd) {
+    let mut buffer = [0u8; 1024];
+    let mut file = std::fs::File::from(signals.try_clone().expect("dup of the signalfd"));
+    while matches!(file.read(&mut buffer), Ok(read) if read > 0) {}
+}
+
+/// What the forked child needs, prepared before the fork.
+struct Prepared {
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    cwd: CString,
+    /// Candidate paths of the program (PATH search done here, tried in order).
+    candidates: Vec<CString>,
+}
+
+fn cstring(text: &str) -> Option<CString> {
+    CString::new(text).ok()
+}
+
+fn prepare(exec: &ExecRequest) -> Option<Prepared> {
+    let program = exec.argv.first()?;
+    let argv = exec
+        .argv
+        .iter()
+        .map(|arg| cstring(arg))
+        .collect::<Option<Vec<_>>>()?;
+    let env = exec
+        .env
+        .iter()
+        .map(|(name, value)| cstring(&format!("{name}={value}")))
+        .collect::<Option<Vec<_>>>()?;
+    let candidates = if program.contains('/') {
+        vec![cstring(program)?]
+    } else {
+        let path = exec
+            .env
+            .iter()
+            .find(|(name, _)| name == "PATH")
+            .map(|(_, value)| value.as_str())
+            .unwrap_or("/usr/local/bin:/usr/bin:/bin");
+        path.split(':')
+            .map(|dir| if dir.is_empty() { "." } else { dir })
+            .filter_map(|dir| cstring(&format!("{dir}/{program}")))
+            .collect()
+    };
+    Some(Prepared {
+        argv,
+        env,
+        cwd: cstring(&exec.cwd)?,
+        candidates,
+    })
+}
+
+/// Forks and execs the command in a process group of its own. The child reports a
+/// failed `chdir` or `execve` through a CLOEXEC pipe: EOF there means the exec happened.
+fn start(exec: &ExecRequest, stdio: [OwnedFd; 3]) -> Result<i32, (i32, StartStep)> {
+    let prepared = prepare(exec).ok_or((libc::EINVAL, StartStep::Exec))?;
+    let (error_read, error_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|errno| (errno.raw_os_error(), StartStep::Exec))?;
+    let mut argv: Vec<*const libc::c_char> = prepared.argv.iter().map(|arg| arg.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = prepared.env.iter().map(|var| var.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: PID 1 is single-threaded, so the child may run any code; it only calls
+    // async-signal-safe functions anyway, on memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err((
+            io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+            StartStep::Exec,
+        ));
+    }
+    if pid == 0 {
+        // SAFETY: see above; every pointer refers to memory owned by `prepared`, `argv`
+        // and `envp`, alive until exec or _exit.
+        unsafe { child(&prepared, &stdio, error_write.as_raw_fd(), &argv, &envp) }
+    }
+    drop(error_write);
+    drop(stdio);
+    let mut report = [0u8; 5];
+    let mut file = std::fs::File::from(error_read);
+    let mut filled = 0;
+    while filled < report.len() {
+        match file.read(&mut report[filled..]) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    if filled == 0 {
+        return Ok(pid);
+    }
+    // The child failed and exits at once: reap it here so no exit is reported for it.
+    let _ = rustix::process::waitpid(Pid::from_raw(pid), WaitOptions::empty());
+    let errno = i32::from_le_bytes([report[1], report[2], report[3], report[4]]);
+    let during = if report[0] == 0 {
+        StartStep::Cwd
+    } else {
+        StartStep::Exec
+    };
+    Err((errno, during))
+}
+
+/// The forked child: own process group, stdio, cwd, default signal mask, then exec.
+///
+/// # Safety
+/// Only in the child of a fork of a single-threaded process, with valid NULL-terminated
+/// `argv` and `envp` arrays.
+unsafe fn child(
+    prepared: &Prepared,
+    stdio: &[OwnedFd; 3],
+    error_pipe: i32,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> ! {
+    // SAFETY: plain system calls on descriptors and memory this process owns.
+    unsafe {
+        let fail = |step: u8| -> ! {
+            let errno = *libc::__errno_location();
+            let mut report = [step, 0, 0, 0, 0];
+            report[1..].copy_from_slice(&errno.to_le_bytes());
+            libc::write(error_pipe, report.as_ptr().cast(), report.len());
+            libc::_exit(127)
+        };
+        libc::setpgid(0, 0);
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut mask);
+        libc::sigprocmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
+        for (target, fd) in stdio.iter().enumerate() {
+            if libc::dup2(fd.as_raw_fd(), target as i32) < 0 {
+                fail(1);
+            }
+        }
+        if libc::chdir(prepared.cwd.as_ptr()) != 0 {
+            fail(0);
+        }
+        // The most telling error of all candidates: EACCES beats ENOENT, as in execvp.
+        let mut errno = libc::ENOENT;
+        for candidate in &prepared.candidates {
+            libc::execve(candidate.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            let this = *libc::__errno_location();
+            if this != libc::ENOENT && this != libc::ENOTDIR {
+                errno = this;
+                if this != libc::EACCES {
+                    break;
+                }
+            }
+        }
+        *libc::__errno_location() = errno;
+        fail(1)
+    }
+}

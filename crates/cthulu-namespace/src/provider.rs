@@ -1,0 +1,364 @@
+//! [`NamespaceProvider`]: makes namespace sandboxes under its root directory and finds
+//! them again after a restart.
+
+use std::collections::HashMap;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+use async_trait::async_trait;
+use cthulu_core::{SandboxError, SandboxHandle, SandboxProvider, SandboxSpec};
+use cthulu_types::{
+    BackendInfo, BackendKind, Capabilities, CheckpointSupport, LimitSupport, NetworkMode,
+    Resources, SandboxId, SandboxStatus,
+};
+
+use crate::config::NamespaceConfig;
+use crate::error::NamespaceError;
+use crate::launch::{kill_init, remove_dir, start_init};
+use crate::sandbox::NamespaceSandbox;
+use crate::state::{SandboxState, STATE_FILE, WORKSPACE_DIR};
+use crate::workspace::openat2_supported;
+
+/// Why an operation answers `Unsupported`: it comes in a later increment.
+pub(crate) const NOT_YET: &str = "not implemented yet in the namespace backend";
+/// Longest hostname the kernel takes.
+const HOST_NAME_MAX: usize = 64;
+
+/// The namespace backend. Every sandbox it hands out is shared (`provision` and `attach`
+/// of one id give the same handle while it lives).
+pub struct NamespaceProvider {
+    config: NamespaceConfig,
+    /// Why the backend cannot run here, if it cannot.
+    unavailable: Option<String>,
+    handles: Mutex<HashMap<SandboxId, Weak<NamespaceSandbox>>>,
+}
+
+impl NamespaceProvider {
+    /// Prepares the root directory (created if missing) and checks the kernel.
+    pub fn new(config: NamespaceConfig) -> Result<NamespaceProvider, NamespaceError> {
+        if !config.root.is_absolute() {
+            return Err(NamespaceError::RelativeRoot {
+                path: config.root.clone(),
+            });
+        }
+        // The state directory's paths go into overlayfs's comma-separated options.
+        if config.root.to_string_lossy().contains([',', ':']) {
+            return Err(NamespaceError::UnusableRoot {
+                path: config.root.clone(),
+            });
+        }
+        fs_err::create_dir_all(&config.root).map_err(NamespaceError::Root)?;
+        let unavailable = unavailable_reason(&config.root);
+        Ok(NamespaceProvider {
+            config,
+            unavailable,
+            handles: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.config.root
+    }
+
+    fn sandbox_dir(&self, sandbox_id: &SandboxId) -> PathBuf {
+        self.config.root.join(sandbox_id.as_str())
+    }
+
+    fn check_available(&self) -> Result<(), SandboxError> {
+        match &self.unavailable {
+            None => Ok(()),
+            Some(reason) => Err(SandboxError::BackendUnavailable {
+                backend: BackendKind::Namespace,
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    fn remember(&self, sandbox: NamespaceSandbox) -> Arc<NamespaceSandbox> {
+        let sandbox = Arc::new(sandbox);
+        let mut handles = self
+            .handles
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        handles.retain(|_, handle| handle.strong_count() > 0);
+        handles.insert(sandbox.sandbox_id.clone(), Arc::downgrade(&sandbox));
+        sandbox
+    }
+
+    fn remembered(&self, sandbox_id: &SandboxId) -> Option<Arc<NamespaceSandbox>> {
+        let handles = self
+            .handles
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        handles.get(sandbox_id).and_then(Weak::upgrade)
+    }
+
+    /// Everything of a provision after the directory exists; the caller cleans up.
+    async fn create(
+        &self,
+        sandbox_id: &SandboxId,
+        dir: &Path,
+        spec: &SandboxSpec,
+        started: &mut Option<i32>,
+    ) -> Result<SandboxState, SandboxError> {
+        let workspace = dir.join(WORKSPACE_DIR);
+        fs_err::create_dir(&workspace)
+            .map_err(|error| SandboxError::io("create", &workspace, error))?;
+        let hostname = if sandbox_id.as_str().len() <= HOST_NAME_MAX {
+            sandbox_id.as_str()
+        } else {
+            "sandbox"
+        };
+        let init = start_init(&self.config.init, dir, hostname)
+            .await
+            .map_err(|(error, pid)| {
+                *started = pid;
+                error
+            })?;
+        *started = Some(init.pid);
+        let state = SandboxState::new(sandbox_id.clone(), spec.env.clone(), init);
+        state
+            .save(dir)
+            .map_err(|error| SandboxError::io("write", dir.join(STATE_FILE), error))?;
+        Ok(state)
+    }
+}
+
+/// What this increment refuses at create rather than pretend to enforce.
+fn refuse_unsupported(spec: &SandboxSpec) -> Result<(), SandboxError> {
+    let unsupported = |operation: &'static str, what: &str| SandboxError::Unsupported {
+        backend: BackendKind::Namespace,
+        operation,
+        reason: format!("{what}: {NOT_YET}"),
+    };
+    if spec.resources != Resources::default() {
+        return Err(unsupported(
+            "resource limits",
+            "memory, cpu, pid and disk limits (cgroups) are",
+        ));
+    }
+    if spec.network == NetworkMode::Full {
+        return Err(unsupported("network: full", "outbound network access is"));
+    }
+    if spec.image.is_some() {
+        return Err(unsupported(
+            "image",
+            "a rootfs of its own is; sandboxes show the host's system directories, which is",
+        ));
+    }
+    Ok(())
+}
+
+/// Why namespace sandboxes cannot be made on this machine, if they cannot.
+fn unavailable_reason(root: &Path) -> Option<String> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    if !Path::new("/proc/self/ns/user").exists() {
+        return Some("the kernel has no user namespaces (CONFIG_USER_NS)".into());
+    }
+    if read("/proc/sys/user/max_user_namespaces").is_some_and(|max| max.trim() == "0") {
+        return Some(
+            "user namespaces are disabled (/proc/sys/user/max_user_namespaces is 0)".into(),
+        );
+    }
+    let root_user = rustix::process::getuid().is_root();
+    if !root_user
+        && read("/proc/sys/kernel/unprivileged_userns_clone")
+            .is_some_and(|value| value.trim() == "0")
+    {
+        return Some(
+            "unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone = 0)"
+                .into(),
+        );
+    }
+    if !read("/proc/filesystems").is_some_and(|filesystems| {
+        filesystems
+            .lines()
+            .any(|line| line.split_whitespace().last() == Some("overlay"))
+    }) {
+        return Some(
+            "the kernel has no overlayfs (CONFIG_OVERLAY_FS), needed for the writable layer".into(),
+        );
+    }
+    if !openat2_supported(root) {
+        return Some(
+            "the kernel lacks openat2 with RESOLVE_BENEATH (Linux 5.6 or later is needed) to \
+             resolve file paths safely"
+                .into(),
+        );
+    }
+    None
+}
+
+/// What the namespace backend can do in this increment.
+pub(crate) fn capabilities() -> Capabilities {
+    Capabilities {
+        isolation: true,
+        exec_stream: false,
+        pty: false,
+        detached_processes: false,
+        files: true,
+        ports: false,
+        checkpoint: CheckpointSupport::None,
+        stop_resume: false,
+        network_policy: true,
+    }
+}
+
+fn limits() -> Vec<LimitSupport> {
+    let limit = |name: &str, enforced: bool, detail: &str| LimitSupport {
+        limit: name.to_owned(),
+        enforced,
+        detail: detail.to_owned(),
+    };
+    let later = "not enforced yet: cgroup limits come in the next increment of the namespace \
+                 backend; a create that asks for it is refused";
+    vec![
+        limit(
+            "timeout",
+            true,
+            "the command's process group is killed (SIGKILL) at the deadline",
+        ),
+        limit(
+            "output",
+            true,
+            "stdout and stderr are each capped at max_output_bytes; the rest is dropped",
+        ),
+        limit("memory", false, later),
+        limit("cpus", false, later),
+        limit("pids", false, later),
+        limit("disk", false, later),
+    ]
+}
+
+#[async_trait]
+impl SandboxProvider for NamespaceProvider {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Namespace
+    }
+
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            kind: BackendKind::Namespace,
+            available: self.unavailable.is_none(),
+            unavailable_reason: self.unavailable.clone(),
+            capabilities: capabilities(),
+            limits: limits(),
+        }
+    }
+
+    async fn provision(
+        &self,
+        sandbox_id: &SandboxId,
+        spec: &SandboxSpec,
+    ) -> Result<Arc<dyn SandboxHandle>, SandboxError> {
+        self.check_available()?;
+        refuse_unsupported(spec)?;
+        let dir = self.sandbox_dir(sandbox_id);
+        // 0700: the control socket accepts whoever can reach it.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|error| match error.kind() {
+                std::io::ErrorKind::AlreadyExists => SandboxError::AlreadyExists {
+                    path: dir.display().to_string(),
+                },
+                _ => SandboxError::io("create", &dir, error),
+            })?;
+        let mut started = None;
+        match self.create(sandbox_id, &dir, spec, &mut started).await {
+            Ok(state) => Ok(self.remember(NamespaceSandbox::new(dir, state))),
+            Err(error) => {
+                let cleanup = async {
+                    if let Some(pid) = started.and_then(crate::state::InitProcess::find) {
+                        kill_init(pid).await?;
+                    }
+                    remove_dir(&dir).await
+                };
+                Err(match cleanup.await {
+                    Ok(()) => error,
+                    Err(cleanup) => SandboxError::ProvisionAndCleanup {
+                        sandbox_id: sandbox_id.clone(),
+                        source: Box::new(error),
+                        cleanup: Box::new(cleanup),
+                    },
+                })
+            }
+        }
+    }
+
+    async fn attach(
+        &self,
+        sandbox_id: &SandboxId,
+        _spec: &SandboxSpec,
+    ) -> Result<Arc<dyn SandboxHandle>, SandboxError> {
+        if let Some(sandbox) = self.remembered(sandbox_id) {
+            if sandbox.dir.exists() {
+                return Ok(sandbox);
+            }
+        }
+        let dir = self.sandbox_dir(sandbox_id);
+        let mut state = match SandboxState::load(&dir) {
+            Ok(state) => state,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SandboxError::SandboxNotFound {
+                    sandbox_id: sandbox_id.clone(),
+                })
+            }
+            Err(error) => return Err(SandboxError::io("read", dir.join(STATE_FILE), error)),
+        };
+        // Its init died while no server watched it: the sandbox is gone but for its files.
+        if state.status == SandboxStatus::Running && !state.init.is_alive() {
+            state.status = SandboxStatus::Lost;
+        }
+        Ok(self.remember(NamespaceSandbox::new(dir, state)))
+    }
+
+    async fn list(&self) -> Result<Vec<SandboxId>, SandboxError> {
+        let root = self.config.root.clone();
+        crate::files::blocking("list sandboxes", move || {
+            let entries =
+                fs_err::read_dir(&root).map_err(|error| SandboxError::io("list", &root, error))?;
+            let mut sandbox_ids: Vec<SandboxId> = entries
+                .filter_map(|entry| {
+                    let entry = entry.ok()?;
+                    let sandbox_id = SandboxId::parse(entry.file_name().to_str()?).ok()?;
+                    SandboxState::load(&entry.path()).ok()?;
+                    Some(sandbox_id)
+                })
+                .collect();
+            sandbox_ids.sort();
+            Ok(sandbox_ids)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_and_images_are_refused_not_ignored() {
+        assert!(refuse_unsupported(&SandboxSpec::default()).is_ok());
+        let limited = SandboxSpec {
+            resources: Resources {
+                pids: Some(64),
+                ..Resources::default()
+            },
+            ..SandboxSpec::default()
+        };
+        assert!(matches!(
+            refuse_unsupported(&limited),
+            Err(SandboxError::Unsupported {
+                operation: "resource limits",
+                ..
+            })
+        ));
+        let full = SandboxSpec {
+            network: NetworkMode::Full,
+            ..SandboxSpec::default()
+        };
+        assert!(refuse_unsupported(&full).is_err());
+    }
+}

@@ -1,0 +1,206 @@
+//! [`NamespaceSandbox`]: one sandbox, its [`SandboxHandle`] and destroy. Exec is in
+//! [`exec`](crate::exec); files in [`files`](crate::files).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use cthulu_core::{
+    ByteReader, ExecOutput, ExecSpec, ExecStream, FileDownload, PutOptions, SandboxError,
+    SandboxHandle,
+};
+use cthulu_types::sandbox::Operation;
+use cthulu_types::{
+    BackendKind, Capabilities, Checkpoint, CheckpointRequest, DirEntry, ExposedPort, ProcessInfo,
+    SandboxId, SandboxStatus, Signal,
+};
+
+use crate::files;
+use crate::init::SOCKET_FILE;
+use crate::launch::{kill_init, remove_dir};
+use crate::provider::NOT_YET;
+use crate::state::{InitProcess, SandboxState, WORKSPACE_DIR};
+use crate::workspace::Workspace;
+
+/// One namespace sandbox: `<root>/<sandbox_id>/` on the host, an init process in its
+/// namespaces.
+pub struct NamespaceSandbox {
+    pub(crate) sandbox_id: SandboxId,
+    pub(crate) dir: PathBuf,
+    pub(crate) workspace: Workspace,
+    /// The init's control socket.
+    pub(crate) socket: PathBuf,
+    pub(crate) env: BTreeMap<String, String>,
+    init: InitProcess,
+    status: Mutex<SandboxStatus>,
+    /// Serialises destroys.
+    destroying: tokio::sync::Mutex<()>,
+}
+
+impl NamespaceSandbox {
+    pub(crate) fn new(dir: PathBuf, state: SandboxState) -> NamespaceSandbox {
+        NamespaceSandbox {
+            sandbox_id: state.sandbox_id,
+            workspace: Workspace::new(dir.join(WORKSPACE_DIR)),
+            socket: dir.join(SOCKET_FILE),
+            dir,
+            env: state.env,
+            init: state.init,
+            status: Mutex::new(state.status),
+            destroying: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SandboxStatus> {
+        self.status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn check(&self, operation: Operation) -> Result<(), SandboxError> {
+        Ok(self.lock().check(operation)?)
+    }
+
+    /// The host pid of the sandbox's init (PID 1 inside).
+    pub fn init_pid(&self) -> i32 {
+        self.init.pid
+    }
+
+    /// The sandbox's directory on the host.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    async fn destroy_sandbox(&self) -> Result<(), SandboxError> {
+        let _serial = self.destroying.lock().await;
+        let status = *self.lock();
+        if status == SandboxStatus::Destroyed {
+            return Ok(());
+        }
+        status.check(Operation::Destroy)?;
+        kill_init(self.init).await?;
+        remove_dir(&self.dir).await?;
+        *self.lock() = SandboxStatus::Destroyed;
+        Ok(())
+    }
+}
+
+impl NamespaceSandbox {
+    /// The answer to an operation this increment lacks. A sandbox that can no longer run
+    /// anything (destroyed, lost) says that first, as every backend does.
+    fn unsupported(&self, operation: &'static str) -> SandboxError {
+        if let Err(error) = self.check(Operation::Exec) {
+            return error;
+        }
+        SandboxError::Unsupported {
+            backend: BackendKind::Namespace,
+            operation,
+            reason: NOT_YET.to_owned(),
+        }
+    }
+}
+
+#[async_trait]
+impl SandboxHandle for NamespaceSandbox {
+    fn id(&self) -> &SandboxId {
+        &self.sandbox_id
+    }
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Namespace
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        crate::provider::capabilities()
+    }
+
+    fn status(&self) -> SandboxStatus {
+        *self.lock()
+    }
+
+    async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput, SandboxError> {
+        self.run_exec(spec).await
+    }
+
+    async fn exec_stream(&self, _spec: ExecSpec) -> Result<Box<dyn ExecStream>, SandboxError> {
+        Err(self.unsupported("streaming exec"))
+    }
+
+    async fn list_processes(&self) -> Result<Vec<ProcessInfo>, SandboxError> {
+        Err(self.unsupported("processes"))
+    }
+
+    async fn attach_process(&self, _process_id: &str) -> Result<Box<dyn ExecStream>, SandboxError> {
+        Err(self.unsupported("attach to a process"))
+    }
+
+    async fn signal_process(&self, _process_id: &str, _signal: Signal) -> Result<(), SandboxError> {
+        Err(self.unsupported("signal a process"))
+    }
+
+    async fn put_file(
+        &self,
+        path: &str,
+        options: PutOptions,
+        contents: ByteReader,
+    ) -> Result<u64, SandboxError> {
+        self.check(Operation::Files)?;
+        files::put_file(&self.workspace, path, options, contents).await
+    }
+
+    async fn get_file(&self, path: &str) -> Result<FileDownload, SandboxError> {
+        self.check(Operation::Files)?;
+        files::get_file(&self.workspace, path).await
+    }
+
+    async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>, SandboxError> {
+        self.check(Operation::Files)?;
+        files::read_dir(&self.workspace, path).await
+    }
+
+    async fn remove(&self, path: &str, recursive: bool) -> Result<(), SandboxError> {
+        self.check(Operation::Files)?;
+        files::remove(&self.workspace, path, recursive).await
+    }
+
+    async fn expose_port(&self, _port: u16) -> Result<ExposedPort, SandboxError> {
+        Err(self.unsupported("ports"))
+    }
+
+    async fn unexpose_port(&self, _port: u16) -> Result<(), SandboxError> {
+        Err(self.unsupported("ports"))
+    }
+
+    async fn list_ports(&self) -> Result<Vec<ExposedPort>, SandboxError> {
+        Err(self.unsupported("ports"))
+    }
+
+    async fn checkpoint(&self, _request: CheckpointRequest) -> Result<Checkpoint, SandboxError> {
+        Err(self.unsupported("checkpoints"))
+    }
+
+    async fn list_checkpoints(&self) -> Result<Vec<Checkpoint>, SandboxError> {
+        Err(self.unsupported("checkpoints"))
+    }
+
+    async fn restore(&self, _checkpoint: &str) -> Result<(), SandboxError> {
+        Err(self.unsupported("checkpoints"))
+    }
+
+    async fn delete_checkpoint(&self, _checkpoint: &str) -> Result<(), SandboxError> {
+        Err(self.unsupported("checkpoints"))
+    }
+
+    async fn stop(&self) -> Result<(), SandboxError> {
+        Err(self.unsupported("stop"))
+    }
+
+    async fn resume(&self) -> Result<(), SandboxError> {
+        Err(self.unsupported("resume"))
+    }
+
+    async fn destroy(&self) -> Result<(), SandboxError> {
+        self.destroy_sandbox().await
+    }
+}

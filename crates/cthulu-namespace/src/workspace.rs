@@ -1,0 +1,202 @@
+//! Race-free path resolution beneath a sandbox's workspace, shared by the file API and exec's
+//! working directory (copied from the host backend, whose module is private). The host-side
+//! directory is `<state>/workspace`, which the sandbox sees as `/workspace`.
+//!
+//! The workspace directory is opened as a descriptor for each operation and every path is
+//! resolved from it with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`: the kernel
+//! refuses `..` above the workspace, absolute symlinks, and symlinks (even ones swapped in
+//! mid-operation) that would leave it. Symlinks that stay inside are followed. Everything
+//! after that works relative to opened descriptors, never to paths.
+
+use std::path::{Path, PathBuf};
+
+use cthulu_core::path::display_path;
+use cthulu_core::{workspace_relative, SandboxError};
+use cthulu_types::BackendKind;
+use rustix::fd::OwnedFd;
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+/// A kernel resolving `..` beneath a directory while something is renamed may answer
+/// EAGAIN; retrying is the documented response.
+const RESOLVE_RETRIES: usize = 16;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Workspace {
+    path: PathBuf,
+}
+
+impl Workspace {
+    pub fn new(path: PathBuf) -> Workspace {
+        Workspace { path }
+    }
+
+    /// `user_path` (as the sandbox sees it) relative to the workspace (`""` for the
+    /// workspace itself).
+    pub fn relative(&self, user_path: &str) -> Result<PathBuf, SandboxError> {
+        workspace_relative(user_path)
+    }
+
+    /// The workspace directory, opened for resolving paths beneath it.
+    pub fn open_root(&self) -> Result<OwnedFd, SandboxError> {
+        rustix::fs::open(
+            &self.path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| SandboxError::io("open the workspace", &self.path, errno.into()))
+    }
+}
+
+/// Opens `relative` beneath `root` (`""` is `root` itself), never leaving it.
+pub(crate) fn open_beneath(
+    root: &OwnedFd,
+    relative: &Path,
+    flags: OFlags,
+    mode: Mode,
+) -> Result<OwnedFd, Errno> {
+    let path = if relative.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        relative
+    };
+    let mut attempts = 0;
+    loop {
+        match rustix::fs::openat2(
+            root,
+            path,
+            flags | OFlags::CLOEXEC,
+            mode,
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Err(Errno::AGAIN | Errno::INTR) if attempts < RESOLVE_RETRIES => attempts += 1,
+            result => return result,
+        }
+    }
+}
+
+/// Opens the directory `relative` beneath `root` as a handle for `*at` calls.
+pub(crate) fn open_dir_beneath(root: &OwnedFd, relative: &Path) -> Result<OwnedFd, Errno> {
+    open_beneath(
+        root,
+        relative,
+        OFlags::PATH | OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+}
+
+/// Opens the directory `relative` beneath `root`, creating what is missing of it (each
+/// directory made with `mkdirat` in its already-resolved parent, so nothing is created
+/// outside even if a symlink is swapped in meanwhile).
+pub(crate) fn open_or_create_dir_beneath(
+    root: &OwnedFd,
+    relative: &Path,
+    mode: u32,
+) -> Result<OwnedFd, Errno> {
+    match open_dir_beneath(root, relative) {
+        Err(Errno::NOENT) => {}
+        result => return result,
+    }
+    let mut prefix = PathBuf::new();
+    let mut current: Option<OwnedFd> = None;
+    for component in relative.components() {
+        prefix.push(component);
+        let opened = match open_dir_beneath(root, &prefix) {
+            Err(Errno::NOENT) => {
+                let parent = current.as_ref().unwrap_or(root);
+                match rustix::fs::mkdirat(parent, component.as_os_str(), Mode::from_raw_mode(mode))
+                {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(errno) => return Err(errno),
+                }
+                open_dir_beneath(root, &prefix)?
+            }
+            result => result?,
+        };
+        current = Some(opened);
+    }
+    match current {
+        Some(directory) => Ok(directory),
+        None => open_dir_beneath(root, relative),
+    }
+}
+
+/// The contract's error for a failed system call on the user's `path`.
+pub(crate) fn map_errno(errno: Errno, operation: &'static str, path: &Path) -> SandboxError {
+    let shown = display_path(path);
+    match errno {
+        Errno::NOENT => SandboxError::FileNotFound { path: shown },
+        Errno::EXIST => SandboxError::AlreadyExists { path: shown },
+        Errno::NOTDIR => SandboxError::NotADirectory { path: shown },
+        Errno::ISDIR => SandboxError::IsADirectory { path: shown },
+        Errno::NOTEMPTY => SandboxError::DirectoryNotEmpty { path: shown },
+        // Under RESOLVE_BENEATH these are the kernel refusing a way out of the workspace.
+        Errno::XDEV | Errno::LOOP => SandboxError::PathOutsideSandbox { path: shown },
+        Errno::NOSYS => SandboxError::BackendUnavailable {
+            backend: BackendKind::Namespace,
+            reason: "the kernel lacks openat2 (Linux 5.6 or later is needed)".into(),
+        },
+        errno => SandboxError::io(operation, shown, errno.into()),
+    }
+}
+
+/// Whether this kernel has `openat2` with `RESOLVE_BENEATH`.
+pub(crate) fn openat2_supported(dir: &Path) -> bool {
+    let Ok(root) = rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    open_dir_beneath(&root, Path::new("")).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beneath_refuses_every_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let workspace = dir.path().join("ws");
+        std::fs::create_dir_all(workspace.join("inside")).unwrap();
+        std::os::unix::fs::symlink("/etc", workspace.join("absolute")).unwrap();
+        std::os::unix::fs::symlink("../..", workspace.join("up")).unwrap();
+        std::os::unix::fs::symlink("inside", workspace.join("sibling")).unwrap();
+        let root = Workspace::new(workspace).open_root().unwrap();
+        let open = |path: &str| open_dir_beneath(&root, Path::new(path));
+        assert!(open("inside").is_ok());
+        assert!(
+            open("sibling").is_ok(),
+            "a symlink that stays inside is followed"
+        );
+        for escape in ["absolute", "up", "..", "inside/../.."] {
+            let errno = open(escape).unwrap_err();
+            assert!(
+                matches!(
+                    map_errno(errno, "open", Path::new(escape)),
+                    SandboxError::PathOutsideSandbox { .. }
+                ),
+                "{escape}: {errno:?}"
+            );
+        }
+        assert_eq!(open("missing").unwrap_err(), Errno::NOENT);
+    }
+
+    #[test]
+    fn creating_parents_stays_beneath() {
+        let dir = tempfile::tempdir().unwrap();
+        let workspace = dir.path().join("ws");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&workspace).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, workspace.join("link")).unwrap();
+        let root = Workspace::new(workspace.clone()).open_root().unwrap();
+        open_or_create_dir_beneath(&root, Path::new("a/b/c"), 0o755).unwrap();
+        assert!(workspace.join("a/b/c").is_dir());
+        let errno = open_or_create_dir_beneath(&root, Path::new("link/x"), 0o755).unwrap_err();
+        assert_eq!(errno, Errno::XDEV);
+        assert!(!outside.join("x").exists());
+    }
+}
