@@ -45,7 +45,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest frame accepted (kind byte included). Senders chunk data well below it.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
 /// Data chunks are at most this long, so a frame never comes near the maximum.
-pub const CHUNK_LEN: usize = 64 * 1024;
+pub const CHUNK_LEN: usize = 256 * 1024;
 
 const HELLO: u8 = 0x01;
 const OUTPUT: u8 = 0x02;
