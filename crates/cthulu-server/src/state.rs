@@ -9,8 +9,8 @@ use std::time::Duration;
 use cthulu_core::{SandboxError, SandboxHandle, SandboxProvider, SandboxSpec};
 use cthulu_types::sandbox::Operation;
 use cthulu_types::{
-    BackendInfo, BackendKind, CreateSandboxRequest, ErrorCode, SandboxId, SandboxStatus,
-    UpdateSandboxRequest,
+    BackendInfo, BackendKind, Capabilities, CreateSandboxRequest, ErrorCode, SandboxId,
+    SandboxStatus, UpdateSandboxRequest,
 };
 
 use crate::db::{Database, SandboxRecord};
@@ -43,10 +43,23 @@ impl AppState {
         }
     }
 
+    /// Every backend kind: the ones this server has, as they report themselves, and the
+    /// others as unavailable with the reason, so a client learns why `--backend X` fails.
     pub fn backend_infos(&self) -> Vec<BackendInfo> {
-        self.providers
-            .values()
-            .map(|provider| provider.info())
+        BackendKind::ALL
+            .into_iter()
+            .map(|kind| match self.providers.get(&kind) {
+                Some(provider) => provider.info(),
+                None => BackendInfo {
+                    kind,
+                    available: false,
+                    unavailable_reason: Some(format!(
+                        "the {kind} backend is not part of this version of the server"
+                    )),
+                    capabilities: Capabilities::none(),
+                    limits: Vec::new(),
+                },
+            })
             .collect()
     }
 

@@ -41,6 +41,23 @@ pub struct LimitSupport {
     pub detail: String,
 }
 
+impl Capabilities {
+    /// A backend that can do nothing (one that is not available at all).
+    pub fn none() -> Self {
+        Capabilities {
+            isolation: false,
+            exec_stream: false,
+            pty: false,
+            detached_processes: false,
+            files: false,
+            ports: false,
+            checkpoint: CheckpointSupport::None,
+            stop_resume: false,
+            network_policy: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BackendInfo {
     pub kind: BackendKind,

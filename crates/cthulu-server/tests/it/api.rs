@@ -352,6 +352,18 @@ async fn info_health_metrics_and_status_page() {
         .expect("host backend listed");
     assert_eq!(host["available"], true);
     assert_eq!(host["capabilities"]["isolation"], false);
+    // Every other kind is listed too, unavailable, with the reason.
+    let qemu = info["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|backend| backend["kind"] == "qemu")
+        .expect("qemu listed");
+    assert_eq!(qemu["available"], false);
+    assert!(qemu["unavailable_reason"]
+        .as_str()
+        .unwrap()
+        .contains("qemu"));
     api.create_host().await;
     let (status, metrics) = api.get("/metrics").await;
     assert_eq!(status, 200);
