@@ -53,6 +53,11 @@ fn report(line: &str) {
 }
 
 fn start(state: &std::path::Path, hostname: &[u8]) -> Result<ExitCode, String> {
+    // Whatever the server left open without CLOEXEC (a jobserver pipe, a log) must reach
+    // neither init nor the commands it forks.
+    // SAFETY: nothing in this process owns a descriptor above 2 yet; closing them cannot
+    // invalidate a live OwnedFd.
+    unsafe { libc::close_range(3, libc::c_uint::MAX, 0) };
     // Already the leader of a new session if the provider made it so; otherwise become it.
     let _ = rustix::process::setsid();
     let socket_path = state.join(SOCKET_FILE);

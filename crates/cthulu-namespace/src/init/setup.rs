@@ -93,6 +93,11 @@ pub fn build(state: &Path, hostname: &[u8]) -> SetupResult {
         .map_err(|errno| format!("setting the hostname: {errno}"))?;
     loopback_up()?;
     enter(&root)?;
+    // Not dumpable: init's memory was mapped in the host's user namespace, so ptrace and
+    // /proc/1/{fd,environ,mem} now need CAP_SYS_PTRACE there, which the sandbox's root
+    // lacks. Its descriptors reach host files (init.log, the control socket).
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|errno| format!("making init not dumpable: {errno}"))?;
     rustix::thread::set_no_new_privs(true).map_err(|errno| format!("setting no_new_privs: {errno}"))
 }
 

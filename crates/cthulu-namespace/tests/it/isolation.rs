@@ -227,3 +227,28 @@ async fn limits_are_refused_until_cgroups_come() {
     }
     assert!(alive(std::process::id() as i32));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn init_cannot_be_inspected_from_inside() {
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
+    let (_, handle) = fixture.sandbox().await;
+    // init's descriptors lead to host files (its log, the control socket).
+    let probe = sh(
+        &handle,
+        "cat /proc/1/environ; echo x >> /proc/1/fd/2; readlink /proc/1/fd/2",
+    )
+    .await;
+    assert!(
+        probe.stdout.is_empty() && probe.exit.exit_code != Some(0),
+        "the sandbox reached into init: {probe:?}"
+    );
+    // Nothing of the server's or init's descriptors is inherited: stdio and ls's own.
+    let fds = handle
+        .exec(ExecSpec::argv(["ls", "/proc/self/fd"]))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&fds.stdout), "0\n1\n2\n3\n");
+    handle.destroy().await.unwrap();
+}

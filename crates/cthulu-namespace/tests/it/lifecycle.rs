@@ -98,3 +98,28 @@ async fn a_sandbox_whose_init_died_is_lost_and_can_be_destroyed() {
     handle.destroy().await.unwrap();
     assert!(!fixture.dir(&sandbox_id).exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_create_leaves_nothing_and_says_why() {
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
+    let broken = cthulu_namespace::NamespaceProvider::new(cthulu_namespace::NamespaceConfig {
+        root: fixture.provider.root().to_owned(),
+        init: cthulu_namespace::InitCommand {
+            program: "/bin/false".into(),
+            args: Vec::new(),
+        },
+    })
+    .unwrap();
+    let sandbox_id = cthulu_types::SandboxId::generate();
+    let error = match broken.provision(&sandbox_id, &SandboxSpec::default()).await {
+        Ok(_) => panic!("a create whose init fails must fail"),
+        Err(error) => error,
+    };
+    assert!(
+        error.to_string().contains("init") || format!("{error:?}").contains("init"),
+        "{error:?}"
+    );
+    assert!(!fixture.dir(&sandbox_id).exists());
+}
