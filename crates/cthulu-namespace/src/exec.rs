@@ -119,7 +119,8 @@ impl NamespaceSandbox {
             connect()
                 .map_err(|error| SandboxError::io("reach the sandbox's init at", &socket, error))
         })
-        .await?;
+        .await
+        .map_err(|error| self.init_gone().unwrap_or(error))?;
         match response {
             Some(Response::Started { .. }) => {}
             Some(Response::StartFailed { errno, during }) => {

@@ -62,6 +62,19 @@ impl NamespaceSandbox {
         Ok(self.lock().check(operation)?)
     }
 
+    /// When init died under a running sandbox (killed from outside, OOM): the sandbox is
+    /// lost, and this is the error that says so. `None` while init lives.
+    pub(crate) fn init_gone(&self) -> Option<SandboxError> {
+        if self.init.is_alive() {
+            return None;
+        }
+        let mut status = self.lock();
+        if *status == SandboxStatus::Running {
+            *status = SandboxStatus::Lost;
+        }
+        status.check(Operation::Exec).err().map(Into::into)
+    }
+
     /// The host pid of the sandbox's init (PID 1 inside).
     pub fn init_pid(&self) -> i32 {
         self.init.pid

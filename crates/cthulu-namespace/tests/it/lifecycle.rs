@@ -73,7 +73,6 @@ async fn a_sandbox_whose_init_died_is_lost_and_can_be_destroyed() {
     };
     let (sandbox_id, handle) = fixture.sandbox().await;
     let init_pid = fixture.init_pid(&sandbox_id);
-    drop(handle);
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(init_pid).unwrap(),
         rustix::process::Signal::KILL,
@@ -85,6 +84,14 @@ async fn a_sandbox_whose_init_died_is_lost_and_can_be_destroyed() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The running server notices at the next exec...
+    assert!(matches!(
+        handle.exec(cthulu_core::ExecSpec::argv(["true"])).await,
+        Err(SandboxError::InvalidState(_))
+    ));
+    assert_eq!(handle.status(), SandboxStatus::Lost);
+    drop(handle);
+    // ...and a restarted one at attach.
     let restarted = fixture.restarted();
     let handle = restarted
         .attach(&sandbox_id, &SandboxSpec::default())
