@@ -7,11 +7,6 @@
 //!   limits, which this increment does not have. Provisioning with limits is refused with
 //!   `Unsupported` (see `tests/it/isolation.rs`) rather than accepted and ignored; the
 //!   scenarios join this list with the cgroups increment.
-//! - `isolation::host_processes_are_invisible_and_unsignalable`: as written it cannot
-//!   pass on any backend that runs the probe in a shell inside the sandbox, because
-//!   `grep -l 987654 /proc/[0-9]*/cmdline` finds the probing shell itself (its own command
-//!   line holds the pattern). `tests/it/isolation.rs` checks the same property without
-//!   that flaw; the scenario belongs back here once it is fixed in `cthulu-core`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -176,6 +171,7 @@ cthulu_core::__conformance_tests! { Sandbox restart:
 }
 cthulu_core::__conformance_tests! { Isolation isolation:
     host_files_are_out_of_reach,
+    host_processes_are_invisible_and_unsignalable,
     host_loopback_and_other_sandboxes_are_unreachable,
     endless_output_stops_at_the_cap,
 }

@@ -41,7 +41,9 @@ pub async fn host_processes_are_invisible_and_unsignalable(sandbox: Sandbox) -> 
     let pid = host.id();
     let result = sandbox
         .exec(ExecSpec::shell(format!(
-            "grep -l 987654 /proc/[0-9]*/cmdline 2>/dev/null; kill -KILL {pid} 2>/dev/null; \
+            // `98765[4]` matches the host's `sleep 987654` but not the command lines of
+            // this shell or grep, which hold the pattern itself.
+            "grep -l '98765[4]' /proc/[0-9]*/cmdline 2>/dev/null; kill -KILL {pid} 2>/dev/null; \
              kill -TERM {pid} 2>/dev/null; true"
         )))
         .await;
