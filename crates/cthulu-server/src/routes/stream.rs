@@ -19,6 +19,8 @@ use crate::state::AppState;
 
 /// How long the client has to send its exec request after the upgrade.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the server waits for the client's side of the close handshake.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest frame a client may send (stdin chunks, the exec request).
 const MAX_CLIENT_FRAME: usize = 16 * 1024 * 1024;
 
@@ -137,7 +139,25 @@ async fn send_error(mut socket: WebSocket, failure: ApiFailure) {
         error: failure.body().error,
     };
     let _ = socket.send(text(&message)).await;
-    let _ = socket.send(Message::Close(None)).await;
+    close(socket).await;
+}
+
+/// Ends the session with a proper close handshake: sends Close, then reads (and drops)
+/// whatever the client still sends until its Close arrives. Dropping the socket with a
+/// client frame unread (a late `close_stdin`, say) would make the kernel answer with a
+/// reset, and a reset throws away the exit frame still waiting in the client's buffer.
+async fn close(mut socket: WebSocket) {
+    if socket.send(Message::Close(None)).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn text(message: &ServerMessage) -> Message {
@@ -178,12 +198,13 @@ async fn pump(mut socket: WebSocket, mut stream: Box<dyn ExecStream>) {
                             truncated: exit.truncated,
                             oom_killed: exit.oom_killed,
                         };
-                        let _ = socket.send(text(&exit)).await;
-                        let _ = socket.send(Message::Close(None)).await;
+                        if socket.send(text(&exit)).await.is_ok() {
+                            close(socket).await;
+                        }
                         return;
                     }
                     None => {
-                        let _ = socket.send(Message::Close(None)).await;
+                        close(socket).await;
                         return;
                     }
                 };
