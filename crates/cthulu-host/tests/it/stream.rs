@@ -196,11 +196,21 @@ async fn dropping_a_stream_kills_its_process_unless_detached() {
     let pid = pid_of(&host, &*sandbox, "attached.pid").await;
     drop(stream);
     eventually("the process of the dropped stream to die", || !alive(pid)).await;
-    let listed = sandbox.list_processes().await.unwrap();
-    let record = listed
-        .iter()
-        .find(|process| process.id == process_id)
-        .unwrap();
+    // The shim records the exit just after the process is gone: poll the list for it.
+    let mut record = None;
+    for _ in 0..200 {
+        let listed = sandbox.list_processes().await.unwrap();
+        let found = listed
+            .into_iter()
+            .find(|process| process.id == process_id)
+            .unwrap();
+        if found.state != ProcessState::Running {
+            record = Some(found);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let record = record.expect("the dropped stream's process is listed as ended within 10 s");
     assert_eq!(record.state, ProcessState::Exited);
     assert_eq!(record.signal, Some(9));
 
