@@ -31,7 +31,7 @@ const PARENT_DIR_MODE: u32 = 0o755;
 const UPLOAD_PREFIX: &str = ".cthulu-upload-";
 
 /// Runs blocking file work off the async threads.
-pub(crate) async fn blocking<T: Send + 'static>(
+pub async fn blocking<T: Send + 'static>(
     operation: &'static str,
     work: impl FnOnce() -> Result<T, SandboxError> + Send + 'static,
 ) -> Result<T, SandboxError> {
@@ -46,7 +46,7 @@ fn split(relative: &Path) -> Option<(&Path, &OsStr)> {
     Some((relative.parent()?, relative.file_name()?))
 }
 
-pub(crate) async fn put_file(
+pub async fn put_file(
     workspace: &Workspace,
     path: &str,
     options: PutOptions,
@@ -124,10 +124,7 @@ fn copy_large(reader: &mut impl Read, writer: &mut impl Write) -> io::Result<u64
     }
 }
 
-pub(crate) async fn get_file(
-    workspace: &Workspace,
-    path: &str,
-) -> Result<FileDownload, SandboxError> {
+pub async fn get_file(workspace: &Workspace, path: &str) -> Result<FileDownload, SandboxError> {
     let relative = workspace.relative(path)?;
     let root = workspace.open_root()?;
     let (file, size, mode) = blocking("download", move || {
@@ -195,10 +192,7 @@ fn read_in_background(mut file: File) -> ByteReader {
     Box::new(StreamReader::new(Box::pin(stream)))
 }
 
-pub(crate) async fn read_dir(
-    workspace: &Workspace,
-    path: &str,
-) -> Result<Vec<DirEntry>, SandboxError> {
+pub async fn read_dir(workspace: &Workspace, path: &str) -> Result<Vec<DirEntry>, SandboxError> {
     let relative = workspace.relative(path)?;
     let root = workspace.open_root()?;
     blocking("read_dir", move || {
@@ -267,7 +261,7 @@ fn describe(directory: &OwnedFd, name: &OsStr) -> Result<DirEntry, Errno> {
     })
 }
 
-pub(crate) async fn remove(
+pub async fn remove(
     workspace: &Workspace,
     path: &str,
     recursive: bool,
@@ -302,7 +296,7 @@ pub(crate) async fn remove(
 /// Removes the directory `name` in `parent` and everything in it. Walks by descriptors
 /// and opens with O_NOFOLLOW: a symlink is removed itself, never followed, even one swapped
 /// in for a directory during the walk.
-pub(crate) fn remove_tree(parent: &OwnedFd, name: &OsStr) -> Result<(), Errno> {
+pub fn remove_tree(parent: &OwnedFd, name: &OsStr) -> Result<(), Errno> {
     empty_dir_at(parent, name)?;
     match rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
         Err(Errno::NOENT) => Ok(()),
@@ -311,7 +305,7 @@ pub(crate) fn remove_tree(parent: &OwnedFd, name: &OsStr) -> Result<(), Errno> {
 }
 
 /// Removes everything inside the directory `name` of `parent` (the directory stays).
-pub(crate) fn empty_dir_at(parent: &impl AsFd, name: &OsStr) -> Result<(), Errno> {
+pub fn empty_dir_at(parent: &impl AsFd, name: &OsStr) -> Result<(), Errno> {
     // Depth-first with an explicit stack (no recursion limit): each frame is an open
     // directory and the name it has in the frame below.
     let open = |parent: &dyn AsFd, name: &OsStr| {

@@ -36,7 +36,7 @@ mod command;
 mod config;
 mod error;
 mod exec;
-mod files;
+pub mod files;
 mod handle;
 mod ids;
 mod ports;
@@ -46,7 +46,7 @@ mod provider;
 mod sandbox;
 pub mod shim;
 mod state;
-mod workspace;
+pub mod workspace;
 
 pub use config::{HostConfig, ShimCommand};
 pub use error::HostError;

@@ -1,5 +1,8 @@
 //! Race-free path resolution beneath a sandbox's workspace, shared by the file API, exec's
-//! working directory and checkpoint restore.
+//! working directory and checkpoint restore — of this backend and of every backend whose
+//! workspace is a directory on the host (the namespace backend binds it as `/workspace`).
+//! A kernel without `openat2` never gets here: the providers report themselves
+//! unavailable (see [`openat2_supported`]).
 //!
 //! The workspace directory is opened as a descriptor for each operation and every path is
 //! resolved from it with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`: the kernel
@@ -11,7 +14,6 @@ use std::path::{Path, PathBuf};
 
 use cthulu_core::path::display_path;
 use cthulu_core::{workspace_relative, SandboxError};
-use cthulu_types::BackendKind;
 use rustix::fd::OwnedFd;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
@@ -21,7 +23,7 @@ use rustix::io::Errno;
 const RESOLVE_RETRIES: usize = 16;
 
 #[derive(Debug, Clone)]
-pub(crate) struct Workspace {
+pub struct Workspace {
     path: PathBuf,
 }
 
@@ -61,7 +63,7 @@ impl Workspace {
 }
 
 /// Opens `relative` beneath `root` (`""` is `root` itself), never leaving it.
-pub(crate) fn open_beneath(
+pub fn open_beneath(
     root: &OwnedFd,
     relative: &Path,
     flags: OFlags,
@@ -88,7 +90,7 @@ pub(crate) fn open_beneath(
 }
 
 /// Opens the directory `relative` beneath `root` as a handle for `*at` calls.
-pub(crate) fn open_dir_beneath(root: &OwnedFd, relative: &Path) -> Result<OwnedFd, Errno> {
+pub fn open_dir_beneath(root: &OwnedFd, relative: &Path) -> Result<OwnedFd, Errno> {
     open_beneath(
         root,
         relative,
@@ -100,7 +102,7 @@ pub(crate) fn open_dir_beneath(root: &OwnedFd, relative: &Path) -> Result<OwnedF
 /// Opens the directory `relative` beneath `root`, creating what is missing of it (each
 /// directory made with `mkdirat` in its already-resolved parent, so nothing is created
 /// outside even if a symlink is swapped in meanwhile).
-pub(crate) fn open_or_create_dir_beneath(
+pub fn open_or_create_dir_beneath(
     root: &OwnedFd,
     relative: &Path,
     mode: u32,
@@ -134,7 +136,7 @@ pub(crate) fn open_or_create_dir_beneath(
 }
 
 /// The contract's error for a failed system call on the user's `path`.
-pub(crate) fn map_errno(errno: Errno, operation: &'static str, path: &Path) -> SandboxError {
+pub fn map_errno(errno: Errno, operation: &'static str, path: &Path) -> SandboxError {
     let shown = display_path(path);
     match errno {
         Errno::NOENT => SandboxError::FileNotFound { path: shown },
@@ -144,16 +146,12 @@ pub(crate) fn map_errno(errno: Errno, operation: &'static str, path: &Path) -> S
         Errno::NOTEMPTY => SandboxError::DirectoryNotEmpty { path: shown },
         // Under RESOLVE_BENEATH these are the kernel refusing a way out of the workspace.
         Errno::XDEV | Errno::LOOP => SandboxError::PathOutsideSandbox { path: shown },
-        Errno::NOSYS => SandboxError::BackendUnavailable {
-            backend: BackendKind::Host,
-            reason: "the kernel lacks openat2 (Linux 5.6 or later is needed)".into(),
-        },
         errno => SandboxError::io(operation, shown, errno.into()),
     }
 }
 
 /// Whether this kernel has `openat2` with `RESOLVE_BENEATH`.
-pub(crate) fn openat2_supported(dir: &Path) -> bool {
+pub fn openat2_supported(dir: &Path) -> bool {
     let Ok(root) = rustix::fs::open(
         dir,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,

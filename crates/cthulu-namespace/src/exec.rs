@@ -16,10 +16,10 @@ use cthulu_types::sandbox::Operation;
 use rustix::pipe::PipeFlags;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::files::blocking;
 use crate::protocol::{self, ExecRequest, Request, Response, StartStep};
 use crate::sandbox::NamespaceSandbox;
-use crate::workspace::{map_errno, open_dir_beneath};
+use cthulu_host::files::blocking;
+use cthulu_host::workspace::{map_errno, open_dir_beneath};
 
 /// How long to keep reading after the program exited: a backgrounded child may hold the
 /// pipes open, and the exec must not wait for it.

@@ -38,14 +38,12 @@
 mod config;
 mod error;
 mod exec;
-mod files;
 pub mod init;
 mod launch;
 pub mod protocol;
 mod provider;
 mod sandbox;
 mod state;
-mod workspace;
 
 pub use config::{InitCommand, NamespaceConfig};
 pub use error::NamespaceError;

@@ -18,7 +18,7 @@ use crate::error::NamespaceError;
 use crate::launch::{kill_init, remove_dir, start_init};
 use crate::sandbox::NamespaceSandbox;
 use crate::state::{SandboxState, STATE_FILE, WORKSPACE_DIR};
-use crate::workspace::openat2_supported;
+use cthulu_host::workspace::openat2_supported;
 
 /// Why an operation answers `Unsupported`: it comes in a later increment.
 pub(crate) const NOT_YET: &str = "not implemented yet in the namespace backend";
@@ -316,7 +316,7 @@ impl SandboxProvider for NamespaceProvider {
 
     async fn list(&self) -> Result<Vec<SandboxId>, SandboxError> {
         let root = self.config.root.clone();
-        crate::files::blocking("list sandboxes", move || {
+        cthulu_host::files::blocking("list sandboxes", move || {
             let entries =
                 fs_err::read_dir(&root).map_err(|error| SandboxError::io("list", &root, error))?;
             let mut sandbox_ids: Vec<SandboxId> = entries

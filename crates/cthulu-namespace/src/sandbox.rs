@@ -1,5 +1,5 @@
 //! [`NamespaceSandbox`]: one sandbox, its [`SandboxHandle`] and destroy. Exec is in
-//! [`exec`](crate::exec); files in [`files`](crate::files).
+//! [`exec`](crate::exec); files in [`cthulu_host::files`] (the same code as the host backend).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,12 +16,12 @@ use cthulu_types::{
     SandboxId, SandboxStatus, Signal,
 };
 
-use crate::files;
 use crate::init::SOCKET_FILE;
 use crate::launch::{kill_init, remove_dir};
 use crate::provider::NOT_YET;
 use crate::state::{InitProcess, SandboxState, WORKSPACE_DIR};
-use crate::workspace::Workspace;
+use cthulu_host::files;
+use cthulu_host::workspace::Workspace;
 
 /// One namespace sandbox: `<root>/<sandbox_id>/` on the host, an init process in its
 /// namespaces.
