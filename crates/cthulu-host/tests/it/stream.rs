@@ -338,6 +338,13 @@ async fn a_process_whose_shim_died_is_lost() {
         .status()
         .unwrap();
     eventually("the shim to die", || !alive(shim_pid)).await;
+    // Its main thread can show as a zombie while its other threads still hold the socket
+    // open: wait until the socket refuses connections.
+    let socket = process_dir.join("sock");
+    eventually("the shim's socket to close", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_err()
+    })
+    .await;
     let sandbox = host
         .provider
         .attach(&sandbox_id, &SandboxSpec::default())
