@@ -368,7 +368,7 @@ fn restore_archive(sandbox_dir: &Path, archive: &Path) -> io::Result<()> {
         let (Some(parent_relative), Some(name)) = (relative.parent(), relative.file_name()) else {
             continue;
         };
-        let parent = open_or_create_dir_beneath(&root, parent_relative, 0o755)?;
+        let parent = open_or_create_dir_beneath(&root, parent_relative, 0o755, None)?;
         let mode = entry.header().mode()? & 0o7777;
         match entry.header().entry_type() {
             tar::EntryType::Directory => {

@@ -18,7 +18,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::ids::random_id;
 use crate::workspace::{
-    map_errno, open_beneath, open_dir_beneath, open_or_create_dir_beneath, Workspace,
+    map_errno, open_beneath, open_dir_beneath, open_or_create_dir_beneath, Owner, Workspace,
 };
 
 /// Large buffers: uploads and downloads should run at disk speed (≥ 1 GB/s).
@@ -57,8 +57,9 @@ pub async fn put_file(
     // Created here, on the runtime: the bridge reads the async body from the blocking
     // thread through this runtime's handle.
     let reader = SyncIoBridge::new(contents);
+    let owner = workspace.owner();
     blocking("upload", move || {
-        put_blocking(&root, &relative, options, reader)
+        put_blocking(&root, &relative, options, owner, reader)
     })
     .await
 }
@@ -67,6 +68,7 @@ fn put_blocking(
     root: &OwnedFd,
     relative: &Path,
     options: PutOptions,
+    owner: Option<Owner>,
     mut contents: impl Read,
 ) -> Result<u64, SandboxError> {
     let Some((parent_relative, name)) = split(relative) else {
@@ -75,7 +77,7 @@ fn put_blocking(
         });
     };
     let parent = if options.create_parents {
-        open_or_create_dir_beneath(root, parent_relative, PARENT_DIR_MODE)
+        open_or_create_dir_beneath(root, parent_relative, PARENT_DIR_MODE, owner)
     } else {
         open_dir_beneath(root, parent_relative)
     }
@@ -95,6 +97,15 @@ fn put_blocking(
             .map_err(|error| SandboxError::io("write", display_path(relative), error))?;
         // fchmod: the mode asked for, not what the umask leaves of it.
         let mode = options.mode.unwrap_or(DEFAULT_FILE_MODE) & 0o7777;
+        if let Some(owner) = owner {
+            rustix::fs::fchown(
+                &file,
+                Some(rustix::fs::Uid::from_raw(owner.uid)),
+                Some(rustix::fs::Gid::from_raw(owner.gid)),
+            )
+            .map_err(|errno| map_errno(errno, "chown", relative))?;
+        }
+        // After the chown, which clears setuid and setgid bits.
         rustix::fs::fchmod(&file, Mode::from_raw_mode(mode))
             .map_err(|errno| map_errno(errno, "chmod", relative))?;
         // Renaming replaces the target as a whole: a symlink or hard link at the target is

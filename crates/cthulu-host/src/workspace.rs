@@ -14,22 +14,54 @@ use std::path::{Path, PathBuf};
 
 use cthulu_core::path::display_path;
 use cthulu_core::{workspace_relative, SandboxError};
-use rustix::fd::OwnedFd;
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 /// A kernel resolving `..` beneath a directory while something is renamed may answer
 /// EAGAIN; retrying is the documented response.
 const RESOLVE_RETRIES: usize = 16;
 
+/// Who owns what the file API creates in a workspace, when that is not the server's own
+/// user: a namespace sandbox whose root is a subordinate uid outside must own its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Owner {
+    /// Gives `name` in `parent` (not following a symlink) to this owner.
+    pub fn chown_at(&self, parent: &impl AsFd, name: &std::ffi::OsStr) -> Result<(), Errno> {
+        rustix::fs::chownat(
+            parent,
+            name,
+            Some(rustix::fs::Uid::from_raw(self.uid)),
+            Some(rustix::fs::Gid::from_raw(self.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Workspace {
     path: PathBuf,
+    owner: Option<Owner>,
 }
 
 impl Workspace {
+    /// A workspace whose new files belong to the server's user.
     pub fn new(path: PathBuf) -> Workspace {
-        Workspace { path }
+        Workspace { path, owner: None }
+    }
+
+    /// A workspace whose new files and directories are given to `owner`.
+    pub fn owned_by(path: PathBuf, owner: Option<Owner>) -> Workspace {
+        Workspace { path, owner }
+    }
+
+    pub fn owner(&self) -> Option<Owner> {
+        self.owner
     }
 
     /// The workspace on the host (HOME of every command).
@@ -106,6 +138,7 @@ pub fn open_or_create_dir_beneath(
     root: &OwnedFd,
     relative: &Path,
     mode: u32,
+    owner: Option<Owner>,
 ) -> Result<OwnedFd, Errno> {
     match open_dir_beneath(root, relative) {
         Err(Errno::NOENT) => {}
@@ -120,7 +153,12 @@ pub fn open_or_create_dir_beneath(
                 let parent = current.as_ref().unwrap_or(root);
                 match rustix::fs::mkdirat(parent, component.as_os_str(), Mode::from_raw_mode(mode))
                 {
-                    Ok(()) | Err(Errno::EXIST) => {}
+                    Ok(()) => {
+                        if let Some(owner) = owner {
+                            owner.chown_at(parent, component.as_os_str())?;
+                        }
+                    }
+                    Err(Errno::EXIST) => {}
                     Err(errno) => return Err(errno),
                 }
                 open_dir_beneath(root, &prefix)?
@@ -221,9 +259,10 @@ mod tests {
         std::fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, workspace.join("link")).unwrap();
         let root = Workspace::new(workspace.clone()).open_root().unwrap();
-        open_or_create_dir_beneath(&root, Path::new("a/b/c"), 0o755).unwrap();
+        open_or_create_dir_beneath(&root, Path::new("a/b/c"), 0o755, None).unwrap();
         assert!(workspace.join("a/b/c").is_dir());
-        let errno = open_or_create_dir_beneath(&root, Path::new("link/x"), 0o755).unwrap_err();
+        let errno =
+            open_or_create_dir_beneath(&root, Path::new("link/x"), 0o755, None).unwrap_err();
         assert_eq!(errno, Errno::XDEV);
         assert!(!outside.join("x").exists());
     }

@@ -97,6 +97,7 @@ impl NamespaceSandbox {
         };
         let (stdout_read, stdout_write) = pipe()?;
         let (stderr_read, stderr_write) = pipe()?;
+        let oom_kills_before = self.cgroups.oom_kills();
         let socket = self.socket.clone();
         let (connection, response) = blocking("exec", move || {
             let connect = || -> io::Result<(UnixStream, Option<Response>)> {
@@ -199,6 +200,14 @@ impl NamespaceSandbox {
             writer.abort();
         }
         let (exit_code, signal) = status.expect("the loop ends after the exit");
+        // The kernel counts OOM kills per memory group: one during this exec that it did
+        // not survive is reported as its cause (in a pipeline the killed process may not
+        // be the command itself, whose exit is then 137 from the shell).
+        let oom_killed = exit_code != Some(0)
+            && matches!(
+                (oom_kills_before, self.cgroups.oom_kills()),
+                (Some(before), Some(after)) if after > before
+            );
         let (stdout, out_truncated) = out.into_inner();
         let (stderr, err_truncated) = err.into_inner();
         Ok(ExecOutput {
@@ -207,7 +216,7 @@ impl NamespaceSandbox {
                 signal,
                 timed_out,
                 truncated: out_truncated || err_truncated,
-                oom_killed: false,
+                oom_killed,
             },
             stdout,
             stderr,

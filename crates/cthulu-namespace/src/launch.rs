@@ -45,7 +45,6 @@ impl Report {
 pub(crate) async fn start_init(
     init: &InitCommand,
     dir: &Path,
-    hostname: &str,
 ) -> Result<InitProcess, (SandboxError, Option<i32>)> {
     let log_path = dir.join(INIT_LOG);
     let log = std::fs::File::create(&log_path)
@@ -54,7 +53,6 @@ pub(crate) async fn start_init(
     command
         .args(&init.args)
         .arg(dir)
-        .arg(hostname)
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

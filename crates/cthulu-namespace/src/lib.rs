@@ -12,21 +12,30 @@
 //!   beneath the host side of `/workspace` (`openat2` `RESOLVE_BENEATH`). Destroy kills
 //!   init, which takes every process of the sandbox with it, and removes the directory.
 //!
-//! Inside a sandbox: root (mapped to the server's uid and gid outside, nothing else
-//! mapped), its own hostname, loopback only, its own `/proc`, `/tmp` and minimal `/dev`,
-//! the host's `/usr`, `/etc`, `/bin`, `/lib*`, `/sbin` and `/opt` under an overlay whose
-//! writes land in the sandbox's directory, `/workspace` bound from the host, and
-//! no_new_privs. The old root is detached after `pivot_root`.
+//! Inside a sandbox: root. Outside it is not: a root server maps the sandbox's ids
+//! `0..65536` to a subordinate range from [`init::IdMapping::SUBORDINATE_BASE`]; any other
+//! user maps root to itself alone. Host files owned by root (or anyone unmapped) show as
+//! `nobody`, so root inside cannot read `/etc/shadow` or change the host's files. Its own
+//! hostname, loopback only, its own `/proc`, `/tmp` and minimal `/dev`, the host's `/usr`,
+//! `/etc`, `/bin`, `/lib*`, `/sbin` and `/opt` under an overlay whose writes land in the
+//! sandbox's directory, `/workspace` bound from the host (files the server writes there
+//! are given to the sandbox's root), and no_new_privs. The old root is detached after
+//! `pivot_root`.
+//!
+//! Limits (module `cgroup`): memory (OOM kills reported on the exec), pids and cpus through
+//! cgroup v1 when the server can write it; stop/resume through the v1 freezer. A limit the
+//! machine cannot enforce is refused at create, by name.
 //!
 //! Not yet (answered [`Unsupported`](cthulu_core::SandboxError::Unsupported), and false
-//! in the capabilities): streaming exec, PTYs, detached processes, ports, checkpoints,
-//! stop/resume; a create asking for resource limits, full network or an image is refused.
-//! Only timeouts and output caps are enforced: no cgroups, seccomp or Landlock yet.
+//! in the capabilities): streaming exec, PTYs, detached processes, ports, checkpoints;
+//! a create asking for a disk limit, full network or an image is refused. No seccomp or
+//! Landlock yet.
 //!
 //! On disk, per sandbox:
 //!
 //! ```text
-//! <root>/<sandbox_id>/state.json     env, status, init pid and start time
+//! <root>/<sandbox_id>/state.json     env, status, init pid and start time, ids, cgroups
+//!                    /init.json      what init builds (hostname, ids, cgroups)
 //!                    /init.sock      init's control socket
 //!                    /init.log       init's stderr
 //!                    /workspace/     /workspace inside
@@ -35,6 +44,7 @@
 //!                    /layer/work/    overlayfs work directories
 //! ```
 
+mod cgroup;
 mod config;
 mod error;
 mod exec;

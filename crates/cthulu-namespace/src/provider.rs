@@ -10,11 +10,13 @@ use async_trait::async_trait;
 use cthulu_core::{SandboxError, SandboxHandle, SandboxProvider, SandboxSpec};
 use cthulu_types::{
     BackendInfo, BackendKind, Capabilities, CheckpointSupport, LimitSupport, NetworkMode,
-    Resources, SandboxId, SandboxStatus,
+    SandboxId, SandboxStatus,
 };
 
+use crate::cgroup::{Cgroups, SandboxCgroups};
 use crate::config::NamespaceConfig;
 use crate::error::NamespaceError;
+use crate::init::{IdMapping, InitConfig, CONFIG_FILE};
 use crate::launch::{kill_init, remove_dir, start_init};
 use crate::sandbox::NamespaceSandbox;
 use crate::state::{SandboxState, STATE_FILE, WORKSPACE_DIR};
@@ -31,6 +33,9 @@ pub struct NamespaceProvider {
     config: NamespaceConfig,
     /// Why the backend cannot run here, if it cannot.
     unavailable: Option<String>,
+    /// Who root of its sandboxes is outside.
+    ids: IdMapping,
+    cgroups: Cgroups,
     handles: Mutex<HashMap<SandboxId, Weak<NamespaceSandbox>>>,
 }
 
@@ -50,9 +55,15 @@ impl NamespaceProvider {
         }
         fs_err::create_dir_all(&config.root).map_err(NamespaceError::Root)?;
         let unavailable = unavailable_reason(&config.root);
+        let ids = IdMapping::for_server(
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
         Ok(NamespaceProvider {
             config,
             unavailable,
+            ids,
+            cgroups: Cgroups::detect(),
             handles: Mutex::new(HashMap::new()),
         })
     }
@@ -94,13 +105,14 @@ impl NamespaceProvider {
         handles.get(sandbox_id).and_then(Weak::upgrade)
     }
 
-    /// Everything of a provision after the directory exists; the caller cleans up.
+    /// Everything of a provision after the directory exists; the caller cleans up what
+    /// `made` names.
     async fn create(
         &self,
         sandbox_id: &SandboxId,
         dir: &Path,
         spec: &SandboxSpec,
-        started: &mut Option<i32>,
+        made: &mut Made,
     ) -> Result<SandboxState, SandboxError> {
         let workspace = dir.join(WORKSPACE_DIR);
         fs_err::create_dir(&workspace)
@@ -110,14 +122,33 @@ impl NamespaceProvider {
         } else {
             "sandbox"
         };
-        let init = start_init(&self.config.init, dir, hostname)
+        let cgroups = self.cgroups.create(sandbox_id, &spec.resources)?;
+        made.cgroups = Some(cgroups.clone());
+        let config = InitConfig {
+            hostname: hostname.to_owned(),
+            ids: self.ids,
+            cgroups: cgroups.dirs(),
+        };
+        let config_path = dir.join(CONFIG_FILE);
+        fs_err::write(
+            &config_path,
+            serde_json::to_vec(&config).expect("the init config serializes"),
+        )
+        .map_err(|error| SandboxError::io("write", &config_path, error))?;
+        let init = start_init(&self.config.init, dir)
             .await
             .map_err(|(error, pid)| {
-                *started = pid;
+                made.init = pid;
                 error
             })?;
-        *started = Some(init.pid);
-        let state = SandboxState::new(sandbox_id.clone(), spec.env.clone(), init);
+        made.init = Some(init.pid);
+        let state = SandboxState::new(
+            sandbox_id.clone(),
+            spec.env.clone(),
+            init,
+            self.ids,
+            cgroups,
+        );
         state
             .save(dir)
             .map_err(|error| SandboxError::io("write", dir.join(STATE_FILE), error))?;
@@ -125,19 +156,21 @@ impl NamespaceProvider {
     }
 }
 
-/// What this increment refuses at create rather than pretend to enforce.
+/// What a failed provision had made, for its cleanup.
+#[derive(Default)]
+struct Made {
+    init: Option<i32>,
+    cgroups: Option<SandboxCgroups>,
+}
+
+/// What this increment refuses at create rather than pretend to enforce (limits are
+/// checked by [`Cgroups::check`]).
 fn refuse_unsupported(spec: &SandboxSpec) -> Result<(), SandboxError> {
     let unsupported = |operation: &'static str, what: &str| SandboxError::Unsupported {
         backend: BackendKind::Namespace,
         operation,
         reason: format!("{what}: {NOT_YET}"),
     };
-    if spec.resources != Resources::default() {
-        return Err(unsupported(
-            "resource limits",
-            "memory, cpu, pid and disk limits (cgroups) are",
-        ));
-    }
     if spec.network == NetworkMode::Full {
         return Err(unsupported("network: full", "outbound network access is"));
     }
@@ -190,8 +223,8 @@ fn unavailable_reason(root: &Path) -> Option<String> {
     None
 }
 
-/// What the namespace backend can do in this increment.
-pub(crate) fn capabilities() -> Capabilities {
+/// What the namespace backend can do in this increment (stop/resume needs a freezer).
+pub(crate) fn capabilities(can_freeze: bool) -> Capabilities {
     Capabilities {
         isolation: true,
         exec_stream: false,
@@ -200,35 +233,31 @@ pub(crate) fn capabilities() -> Capabilities {
         files: true,
         ports: false,
         checkpoint: CheckpointSupport::None,
-        stop_resume: false,
+        stop_resume: can_freeze,
         network_policy: true,
     }
 }
 
-fn limits() -> Vec<LimitSupport> {
-    let limit = |name: &str, enforced: bool, detail: &str| LimitSupport {
-        limit: name.to_owned(),
-        enforced,
-        detail: detail.to_owned(),
-    };
-    let later = "not enforced yet: cgroup limits come in the next increment of the namespace \
-                 backend; a create that asks for it is refused";
-    vec![
-        limit(
-            "timeout",
-            true,
-            "the command's process group is killed (SIGKILL) at the deadline",
-        ),
-        limit(
-            "output",
-            true,
-            "stdout and stderr are each capped at max_output_bytes; the rest is dropped",
-        ),
-        limit("memory", false, later),
-        limit("cpus", false, later),
-        limit("pids", false, later),
-        limit("disk", false, later),
-    ]
+impl NamespaceProvider {
+    fn limits(&self) -> Vec<LimitSupport> {
+        let limit = |name: &str, detail: &str| LimitSupport {
+            limit: name.to_owned(),
+            enforced: true,
+            detail: detail.to_owned(),
+        };
+        let mut limits = vec![
+            limit(
+                "timeout",
+                "the command's process group is killed (SIGKILL) at the deadline",
+            ),
+            limit(
+                "output",
+                "stdout and stderr are each capped at max_output_bytes; the rest is dropped",
+            ),
+        ];
+        limits.extend(self.cgroups.limit_support());
+        limits
+    }
 }
 
 #[async_trait]
@@ -242,8 +271,8 @@ impl SandboxProvider for NamespaceProvider {
             kind: BackendKind::Namespace,
             available: self.unavailable.is_none(),
             unavailable_reason: self.unavailable.clone(),
-            capabilities: capabilities(),
-            limits: limits(),
+            capabilities: capabilities(self.cgroups.can_freeze()),
+            limits: self.limits(),
         }
     }
 
@@ -254,6 +283,7 @@ impl SandboxProvider for NamespaceProvider {
     ) -> Result<Arc<dyn SandboxHandle>, SandboxError> {
         self.check_available()?;
         refuse_unsupported(spec)?;
+        self.cgroups.check(&spec.resources)?;
         let dir = self.sandbox_dir(sandbox_id);
         // 0700: the control socket accepts whoever can reach it.
         std::fs::DirBuilder::new()
@@ -265,13 +295,16 @@ impl SandboxProvider for NamespaceProvider {
                 },
                 _ => SandboxError::io("create", &dir, error),
             })?;
-        let mut started = None;
-        match self.create(sandbox_id, &dir, spec, &mut started).await {
+        let mut made = Made::default();
+        match self.create(sandbox_id, &dir, spec, &mut made).await {
             Ok(state) => Ok(self.remember(NamespaceSandbox::new(dir, state))),
             Err(error) => {
                 let cleanup = async {
-                    if let Some(pid) = started.and_then(crate::state::InitProcess::find) {
+                    if let Some(pid) = made.init.and_then(crate::state::InitProcess::find) {
                         kill_init(pid).await?;
+                    }
+                    if let Some(cgroups) = made.cgroups {
+                        cgroups.remove().await?;
                     }
                     remove_dir(&dir).await
                 };
@@ -339,26 +372,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limits_and_images_are_refused_not_ignored() {
+    fn full_network_and_images_are_refused_not_ignored() {
         assert!(refuse_unsupported(&SandboxSpec::default()).is_ok());
-        let limited = SandboxSpec {
-            resources: Resources {
-                pids: Some(64),
-                ..Resources::default()
-            },
-            ..SandboxSpec::default()
-        };
-        assert!(matches!(
-            refuse_unsupported(&limited),
-            Err(SandboxError::Unsupported {
-                operation: "resource limits",
-                ..
-            })
-        ));
         let full = SandboxSpec {
             network: NetworkMode::Full,
             ..SandboxSpec::default()
         };
-        assert!(refuse_unsupported(&full).is_err());
+        assert!(matches!(
+            refuse_unsupported(&full),
+            Err(SandboxError::Unsupported {
+                operation: "network: full",
+                ..
+            })
+        ));
     }
 }

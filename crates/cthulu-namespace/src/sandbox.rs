@@ -16,12 +16,13 @@ use cthulu_types::{
     SandboxId, SandboxStatus, Signal,
 };
 
+use crate::cgroup::SandboxCgroups;
 use crate::init::SOCKET_FILE;
 use crate::launch::{kill_init, remove_dir};
 use crate::provider::NOT_YET;
-use crate::state::{InitProcess, SandboxState, WORKSPACE_DIR};
+use crate::state::{InitProcess, SandboxState, STATE_FILE, WORKSPACE_DIR};
 use cthulu_host::files;
-use cthulu_host::workspace::Workspace;
+use cthulu_host::workspace::{Owner, Workspace};
 
 /// One namespace sandbox: `<root>/<sandbox_id>/` on the host, an init process in its
 /// namespaces.
@@ -33,6 +34,9 @@ pub struct NamespaceSandbox {
     pub(crate) socket: PathBuf,
     pub(crate) env: BTreeMap<String, String>,
     init: InitProcess,
+    pub(crate) cgroups: SandboxCgroups,
+    /// Everything that goes into state.json again when the status changes.
+    state: Mutex<SandboxState>,
     status: Mutex<SandboxStatus>,
     /// Serialises destroys.
     destroying: tokio::sync::Mutex<()>,
@@ -41,13 +45,25 @@ pub struct NamespaceSandbox {
 impl NamespaceSandbox {
     pub(crate) fn new(dir: PathBuf, state: SandboxState) -> NamespaceSandbox {
         NamespaceSandbox {
-            sandbox_id: state.sandbox_id,
-            workspace: Workspace::new(dir.join(WORKSPACE_DIR)),
+            sandbox_id: state.sandbox_id.clone(),
+            // Files the server writes there belong to the sandbox's root.
+            workspace: Workspace::owned_by(
+                dir.join(WORKSPACE_DIR),
+                state
+                    .ids
+                    .filter(|ids| ids.uid != rustix::process::geteuid().as_raw())
+                    .map(|ids| Owner {
+                        uid: ids.uid,
+                        gid: ids.gid,
+                    }),
+            ),
             socket: dir.join(SOCKET_FILE),
             dir,
-            env: state.env,
+            env: state.env.clone(),
             init: state.init,
+            cgroups: state.cgroups.clone(),
             status: Mutex::new(state.status),
+            state: Mutex::new(state),
             destroying: tokio::sync::Mutex::new(()),
         }
     }
@@ -92,7 +108,12 @@ impl NamespaceSandbox {
             return Ok(());
         }
         status.check(Operation::Destroy)?;
+        // Killed processes of a frozen group cannot exit until it thaws.
+        if self.cgroups.freezer.is_some() {
+            let _ = self.cgroups.freeze(false).await;
+        }
         kill_init(self.init).await?;
+        self.cgroups.remove().await?;
         remove_dir(&self.dir).await?;
         *self.lock() = SandboxStatus::Destroyed;
         Ok(())
@@ -100,6 +121,42 @@ impl NamespaceSandbox {
 }
 
 impl NamespaceSandbox {
+    /// Stop (freeze every process of the sandbox) or resume (thaw them), remembered in
+    /// state.json so a restarted server knows.
+    async fn freeze(&self, operation: Operation, frozen: bool) -> Result<(), SandboxError> {
+        let _serial = self.destroying.lock().await;
+        let status = *self.lock();
+        let next = status.after(operation)?;
+        if self.cgroups.freezer.is_none() {
+            return Err(SandboxError::Unsupported {
+                backend: BackendKind::Namespace,
+                operation: if frozen { "stop" } else { "resume" },
+                reason: "the sandbox has no freezer cgroup (the server could not write one \
+                         when it was made)"
+                    .into(),
+            });
+        }
+        if let Some(gone) = self.init_gone() {
+            return Err(gone);
+        }
+        self.cgroups.freeze(frozen).await?;
+        self.set_status(next)
+    }
+
+    /// Records a new status, in memory and in state.json.
+    fn set_status(&self, status: SandboxStatus) -> Result<(), SandboxError> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.status = status;
+        state
+            .save(&self.dir)
+            .map_err(|error| SandboxError::io("write", self.dir.join(STATE_FILE), error))?;
+        *self.lock() = status;
+        Ok(())
+    }
+
     /// The answer to an operation this increment lacks. A sandbox that can no longer run
     /// anything (destroyed, lost) says that first, as every backend does.
     fn unsupported(&self, operation: &'static str) -> SandboxError {
@@ -125,7 +182,7 @@ impl SandboxHandle for NamespaceSandbox {
     }
 
     fn capabilities(&self) -> Capabilities {
-        crate::provider::capabilities()
+        crate::provider::capabilities(self.cgroups.freezer.is_some())
     }
 
     fn status(&self) -> SandboxStatus {
@@ -206,11 +263,11 @@ impl SandboxHandle for NamespaceSandbox {
     }
 
     async fn stop(&self) -> Result<(), SandboxError> {
-        Err(self.unsupported("stop"))
+        self.freeze(Operation::Stop, true).await
     }
 
     async fn resume(&self) -> Result<(), SandboxError> {
-        Err(self.unsupported("resume"))
+        self.freeze(Operation::Resume, false).await
     }
 
     async fn destroy(&self) -> Result<(), SandboxError> {

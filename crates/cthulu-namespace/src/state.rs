@@ -8,6 +8,9 @@ use std::path::Path;
 use cthulu_types::{SandboxId, SandboxStatus};
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::SandboxCgroups;
+use crate::init::IdMapping;
+
 pub(crate) const STATE_FILE: &str = "state.json";
 pub(crate) const WORKSPACE_DIR: &str = "workspace";
 pub(crate) const INIT_LOG: &str = "init.log";
@@ -23,6 +26,12 @@ pub(crate) struct SandboxState {
     pub env: BTreeMap<String, String>,
     pub status: SandboxStatus,
     pub init: InitProcess,
+    /// Who the sandbox's root is outside (absent in the states of the first increment:
+    /// the server's own user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<IdMapping>,
+    #[serde(default)]
+    pub cgroups: SandboxCgroups,
 }
 
 /// The sandbox's init as the host sees it. The start time tells it apart from a later
@@ -86,7 +95,13 @@ impl SandboxState {
         Ok(state)
     }
 
-    pub fn new(sandbox_id: SandboxId, env: BTreeMap<String, String>, init: InitProcess) -> Self {
+    pub fn new(
+        sandbox_id: SandboxId,
+        env: BTreeMap<String, String>,
+        init: InitProcess,
+        ids: IdMapping,
+        cgroups: SandboxCgroups,
+    ) -> Self {
         SandboxState {
             version: STATE_VERSION,
             sandbox_id,
@@ -94,6 +109,8 @@ impl SandboxState {
             env,
             status: SandboxStatus::Running,
             init,
+            ids: Some(ids),
+            cgroups,
         }
     }
 
@@ -137,6 +154,11 @@ mod tests {
             InitProcess {
                 pid: 7,
                 start_time: 9,
+            },
+            IdMapping::for_server(0, 0),
+            SandboxCgroups {
+                memory: Some("/sys/fs/cgroup/memory/cthulu/x".into()),
+                ..SandboxCgroups::default()
             },
         );
         state.save(dir.path()).unwrap();

@@ -2,11 +2,9 @@
 //! test per scenario, each on a provider rooted in a temporary directory, with the init
 //! binary this crate builds.
 //!
-//! Every scenario runs except:
-//! - the three resource bombs (fork bomb, memory bomb, disk fill): they need cgroup
-//!   limits, which this increment does not have. Provisioning with limits is refused with
-//!   `Unsupported` (see `tests/it/isolation.rs`) rather than accepted and ignored; the
-//!   scenarios join this list with the cgroups increment.
+//! Every scenario runs except the disk fill: the disk limit is not implemented yet, and a
+//! create asking for one is refused with `Unsupported` (see `tests/it/limits.rs`) rather
+//! than accepted and ignored.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -174,4 +172,6 @@ cthulu_core::__conformance_tests! { Isolation isolation:
     host_processes_are_invisible_and_unsignalable,
     host_loopback_and_other_sandboxes_are_unreachable,
     endless_output_stops_at_the_cap,
+    fork_bomb_stops_at_the_pid_limit,
+    memory_bomb_stops_at_the_memory_limit,
 }

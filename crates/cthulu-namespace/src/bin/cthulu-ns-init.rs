@@ -1,4 +1,4 @@
-//! The namespace backend's per-sandbox init: `cthulu-ns-init <state dir> <hostname>`.
+//! The namespace backend's per-sandbox init: `cthulu-ns-init <state dir>`.
 //! The `cthulu` binary exposes the same entry point as `cthulu __ns-init`.
 
 fn main() -> std::process::ExitCode {

@@ -18,6 +18,8 @@ use std::path::Path;
 use rustix::fs::{Mode, OFlags};
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 
+use super::{IdMapping, InitConfig};
+
 /// Host system directories shown in the sandbox (each an overlay, or a symlink when the
 /// host has a symlink there).
 pub const SYSTEM_DIRS: [&str; 9] = [
@@ -63,25 +65,76 @@ fn bind(source: &Path, target: &Path) -> SetupResult {
         .map_err(|errno| failed(&format!("binding {} to", source.display()), target, errno))
 }
 
-/// Builds the filesystem under `<state>/root`, sets the hostname, brings loopback up,
-/// pivots into the new root and sets no_new_privs.
-pub fn build(state: &Path, hostname: &[u8]) -> SetupResult {
+/// Makes the directories of the sandbox's filesystem, before the namespaces exist (as
+/// the host user that owns the state directory): `root/`, its directories and the
+/// workspace belong to the sandbox's root (`ids`); the overlays' directories stay the
+/// mounter's (overlayfs refuses an upper directory its mounter does not own).
+pub fn prepare(state: &Path, ids: IdMapping) -> SetupResult {
+    let root = state.join("root");
+    let mut owned = vec![root.clone(), state.join("workspace")];
+    mkdir(&root)?;
+    for name in ROOT_DIRS {
+        mkdir(&root.join(name))?;
+        owned.push(root.join(name));
+    }
+    for layer in ["layer/upper", "layer/work"] {
+        mkdir(&state.join(layer))?;
+    }
+    for name in SYSTEM_DIRS {
+        let host = Path::new("/").join(name);
+        if !std::fs::symlink_metadata(&host).is_ok_and(|metadata| metadata.is_dir()) {
+            continue;
+        }
+        for layer in ["layer/upper", "layer/work"] {
+            let dir = state.join(layer).join(name);
+            mkdir(&dir)?;
+            owned.push(dir);
+        }
+    }
+    if rustix::process::geteuid().as_raw() != ids.uid {
+        for path in owned {
+            std::os::unix::fs::lchown(&path, Some(ids.uid), Some(ids.gid))
+                .map_err(|error| failed("giving to the sandbox's root", &path, error))?;
+        }
+        // The sandbox's root builds its filesystem from here by relative paths: it may
+        // pass through the state directory, not list it. Its files (the state, the
+        // socket, the log) stay the server's.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o711))
+            .map_err(|error| failed("opening up", state, error))?;
+    }
+    Ok(())
+}
+
+/// Becomes the sandbox's root, builds the filesystem under `<state>/root`, sets the
+/// hostname, brings loopback up, pivots into the new root and sets no_new_privs.
+///
+/// Everything is mounted as the sandbox's root (overlayfs refuses a mounter whose ids
+/// the namespace does not map), by paths relative to the state directory, entered
+/// before the change of ids: its ancestors (say `/root`) may be closed to that user.
+pub fn build(state: &Path, config: &InitConfig) -> SetupResult {
+    rustix::process::chdir(state).map_err(|errno| failed("entering", state, errno))?;
+    let state = Path::new(".");
+    become_root()?;
     rustix::mount::mount_change(
         "/",
         MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
     )
     .map_err(|errno| format!("making / private: {errno}"))?;
-    let root = state.join("root");
-    mkdir(&root)?;
-    bind(&root, &root)?;
-    for name in ROOT_DIRS {
-        mkdir(&root.join(name))?;
-    }
-    system_dirs(state, &root)?;
+    let root = Path::new("root");
+    bind(root, root)?;
+    system_dirs(state, root)?;
     bind(&state.join("workspace"), &root.join("workspace"))?;
     let private = MountFlags::NOSUID | MountFlags::NODEV;
-    mount("tmpfs", &root.join("tmp"), "tmpfs", private, "mode=1777")?;
-    dev(&root)?;
+    // uid=0,gid=0 are ids of the sandbox: its root owns its /tmp.
+    mount(
+        "tmpfs",
+        &root.join("tmp"),
+        "tmpfs",
+        private,
+        "mode=1777,uid=0,gid=0",
+    )?;
+    dev(root)?;
     mount(
         "proc",
         &root.join("proc"),
@@ -89,16 +142,42 @@ pub fn build(state: &Path, hostname: &[u8]) -> SetupResult {
         private | MountFlags::NOEXEC,
         "",
     )?;
-    rustix::system::sethostname(hostname)
+    rustix::system::sethostname(config.hostname.as_bytes())
         .map_err(|errno| format!("setting the hostname: {errno}"))?;
     loopback_up()?;
-    enter(&root)?;
+    enter(root)?;
     // Not dumpable: init's memory was mapped in the host's user namespace, so ptrace and
     // /proc/1/{fd,environ,mem} now need CAP_SYS_PTRACE there, which the sandbox's root
-    // lacks. Its descriptors reach host files (init.log, the control socket).
+    // lacks. Its descriptors reach host files (init.log, the control socket). After the
+    // change of uid, which resets this flag.
     rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
         .map_err(|errno| format!("making init not dumpable: {errno}"))?;
     rustix::thread::set_no_new_privs(true).map_err(|errno| format!("setting no_new_privs: {errno}"))
+}
+
+/// Takes the ids of the sandbox's root (0 inside) for good, dropping the host user's
+/// supplementary groups. Until here init kept the host user's ids (which may be root's:
+/// the groups must go before anything runs in the sandbox).
+fn become_root() -> SetupResult {
+    // SAFETY: plain system calls without memory arguments (setgroups with an empty list).
+    unsafe {
+        // Refused (EPERM) when setgroups is denied, as for a caller mapping only itself:
+        // its groups are then unmapped in the sandbox and grant nothing there.
+        libc::setgroups(0, std::ptr::null());
+        if libc::setresgid(0, 0, 0) != 0 {
+            return Err(format!(
+                "becoming the sandbox's root (gid): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if libc::setresuid(0, 0, 0) != 0 {
+            return Err(format!(
+                "becoming the sandbox's root (uid): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Overlays (or symlinks) of the host's system directories.
@@ -124,8 +203,6 @@ fn system_dirs(state: &Path, root: &Path) -> SetupResult {
         }
         let upper = state.join("layer/upper").join(name);
         let work = state.join("layer/work").join(name);
-        mkdir(&upper)?;
-        mkdir(&work)?;
         mkdir(&target)?;
         mount(
             "overlay",
@@ -153,7 +230,13 @@ pub fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> String {
 /// bound onto empty files.
 fn dev(root: &Path) -> SetupResult {
     let dev = root.join("dev");
-    mount("tmpfs", &dev, "tmpfs", MountFlags::NOSUID, "mode=755")?;
+    mount(
+        "tmpfs",
+        &dev,
+        "tmpfs",
+        MountFlags::NOSUID,
+        "mode=755,uid=0,gid=0",
+    )?;
     for name in DEVICES {
         let target = dev.join(name);
         std::fs::File::create(&target).map_err(|error| failed("creating", &target, error))?;
@@ -175,7 +258,7 @@ fn dev(root: &Path) -> SetupResult {
         &shm,
         "tmpfs",
         MountFlags::NOSUID | MountFlags::NODEV,
-        "mode=1777",
+        "mode=1777,uid=0,gid=0",
     )?;
     for (link, target) in [
         ("ptmx", "pts/ptmx"),

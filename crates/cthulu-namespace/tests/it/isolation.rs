@@ -2,39 +2,80 @@
 
 use std::process::{Command, Stdio};
 
-use cthulu_core::{ExecSpec, SandboxError, SandboxSpec};
-use cthulu_types::{Resources, SandboxId};
+use cthulu_core::ExecSpec;
+use cthulu_namespace::init::IdMapping;
 
-use crate::support::{alive, sh, sh_ok, Fixture};
+use crate::support::{sh, sh_ok, Fixture};
 
 #[tokio::test(flavor = "multi_thread")]
-async fn root_inside_is_the_callers_uid_outside() {
+async fn root_inside_is_an_unprivileged_uid_outside() {
     let Some(fixture) = Fixture::new() else {
         return;
     };
     let (sandbox_id, handle) = fixture.sandbox().await;
     assert_eq!(sh_ok(&handle, "id -u; id -g").await, "0\n0\n");
+    let server_uid = rustix::process::geteuid().as_raw();
+    let ids = IdMapping::for_server(server_uid, rustix::process::getegid().as_raw());
+    if server_uid == 0 {
+        assert_ne!(
+            ids.uid, 0,
+            "a root server maps its sandboxes' root elsewhere"
+        );
+    }
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", fixture.init_pid(&sandbox_id))).unwrap();
-    let uid_line = status
+    for (field, id) in [("Uid:", ids.uid), ("Gid:", ids.gid)] {
+        let line = status.lines().find(|line| line.starts_with(field)).unwrap();
+        assert!(
+            line.split_whitespace()
+                .skip(1)
+                .all(|value| value == id.to_string()),
+            "the host sees the sandbox's root as {line}, not {id}"
+        );
+    }
+    let groups = status
         .lines()
-        .find(|line| line.starts_with("Uid:"))
+        .find(|line| line.starts_with("Groups:"))
         .unwrap();
-    let host_uid = rustix::process::getuid().as_raw().to_string();
-    assert!(
-        uid_line
-            .split_whitespace()
-            .skip(1)
-            .all(|uid| uid == host_uid),
-        "the host sees the sandbox's root as {uid_line}, not uid {host_uid}"
-    );
+    if server_uid == 0 {
+        assert_eq!(groups.trim(), "Groups:", "host root's groups were dropped");
+    }
     assert_eq!(
         sh_ok(&handle, "cat /proc/self/uid_map")
             .await
             .split_whitespace()
             .collect::<Vec<_>>(),
-        ["0", host_uid.as_str(), "1"]
+        ["0".to_owned(), ids.uid.to_string(), ids.count.to_string()]
     );
+    handle.destroy().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn root_inside_cannot_read_or_change_root_only_host_files() {
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
+    let (_, handle) = fixture.sandbox().await;
+    let passwd = std::fs::read("/etc/passwd").unwrap();
+    let probe = sh(
+        &handle,
+        "cat /etc/shadow; echo x >> /etc/passwd; echo x > /usr/bin/cthulu-it-probe",
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&probe.stdout);
+    assert!(
+        !stdout.contains("root:"),
+        "the sandbox read /etc/shadow: {stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&probe.stderr);
+    assert_eq!(
+        stderr.matches("Permission denied").count()
+            + stderr.matches("Operation not permitted").count(),
+        3,
+        "every attempt is refused: {stderr}"
+    );
+    assert!(!std::path::Path::new("/usr/bin/cthulu-it-probe").exists());
+    assert_eq!(std::fs::read("/etc/passwd").unwrap(), passwd);
     handle.destroy().await.unwrap();
 }
 
@@ -92,7 +133,7 @@ async fn proc_shows_only_the_sandbox_and_host_processes_are_out_of_reach() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn system_writes_land_in_the_sandbox_never_on_the_host() {
+async fn the_sandboxs_own_directories_are_writable_and_stay_inside() {
     let Some(fixture) = Fixture::new() else {
         return;
     };
@@ -100,25 +141,46 @@ async fn system_writes_land_in_the_sandbox_never_on_the_host() {
     let name = format!("cthulu-it-{sandbox_id}");
     sh_ok(
         &handle,
-        &format!("echo inside > /usr/{name}; echo r > /root/{name}; cat /usr/{name}"),
+        &format!("for d in /root /home /var /tmp /workspace; do echo r > $d/{name}; done"),
     )
     .await;
-    assert!(
-        !std::path::Path::new("/usr").join(&name).exists(),
-        "/usr/{name} on the host"
-    );
     assert!(
         !std::path::Path::new("/root").join(&name).exists(),
         "/root/{name} on the host"
     );
     let dir = fixture.dir(&sandbox_id);
-    assert_eq!(
-        std::fs::read_to_string(dir.join("layer/upper/usr").join(&name)).unwrap(),
-        "inside\n"
-    );
     assert!(dir.join("root/root").join(&name).exists());
     handle.destroy().await.unwrap();
-    assert!(!std::path::Path::new("/usr").join(&name).exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploaded_files_belong_to_the_sandboxs_root() {
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
+    let (_, handle) = fixture.sandbox().await;
+    let contents: cthulu_core::ByteReader = Box::new(std::io::Cursor::new(b"one\n".to_vec()));
+    handle
+        .put_file(
+            "made/by/upload.txt",
+            cthulu_core::PutOptions {
+                create_parents: true,
+                mode: Some(0o644),
+            },
+            contents,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        sh_ok(
+            &handle,
+            "stat -c %u:%g made made/by made/by/upload.txt; echo two >> made/by/upload.txt; \
+             cat made/by/upload.txt"
+        )
+        .await,
+        "0:0\n0:0\n0:0\none\ntwo\n"
+    );
+    handle.destroy().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -189,43 +251,6 @@ async fn network_is_loopback_only() {
         "only the route header, no routes: {flags}"
     );
     handle.destroy().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn limits_are_refused_until_cgroups_come() {
-    let Some(fixture) = Fixture::new() else {
-        return;
-    };
-    let sandbox_id = SandboxId::generate();
-    let spec = SandboxSpec {
-        resources: Resources {
-            pids: Some(64),
-            ..Resources::default()
-        },
-        ..SandboxSpec::default()
-    };
-    let refused =
-        cthulu_core::SandboxProvider::provision(fixture.provider.as_ref(), &sandbox_id, &spec)
-            .await;
-    assert!(
-        matches!(refused, Err(SandboxError::Unsupported { .. })),
-        "a pid limit must be refused, not ignored: {:?}",
-        refused.map(|handle| handle.status())
-    );
-    assert!(
-        !fixture.dir(&sandbox_id).exists(),
-        "nothing is left of a refused create"
-    );
-    let limits = cthulu_core::SandboxProvider::info(fixture.provider.as_ref()).limits;
-    for name in ["memory", "cpus", "pids", "disk"] {
-        assert!(
-            limits
-                .iter()
-                .any(|limit| limit.limit == name && !limit.enforced),
-            "{name}"
-        );
-    }
-    assert!(alive(std::process::id() as i32));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,4 +4,5 @@
 
 mod isolation;
 mod lifecycle;
+mod limits;
 mod support;
