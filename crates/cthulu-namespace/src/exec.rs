@@ -10,12 +10,15 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use cthulu_core::path::display_path;
-use cthulu_core::{CappedBuffer, ExecOutput, ExecSpec, ExitInfo, SandboxError};
+use cthulu_core::{ExecEvent, ExecOutput, ExecSpec, ExecStream, ExitInfo, SandboxError};
 use cthulu_types::sandbox::Operation;
+use cthulu_types::{PtySize, Signal};
 use rustix::pipe::PipeFlags;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use crate::cgroup::SandboxCgroups;
 use crate::protocol::{self, ExecRequest, Request, Response, StartStep};
 use crate::sandbox::NamespaceSandbox;
 use cthulu_host::files::blocking;
@@ -74,26 +77,28 @@ impl NamespaceSandbox {
         Ok(display_path(&relative))
     }
 
-    pub(crate) async fn run_exec(&self, spec: ExecSpec) -> Result<ExecOutput, SandboxError> {
-        let started = Instant::now();
+    /// Starts `spec` inside the sandbox (stdin piped when `piped_stdin`, else
+    /// `/dev/null`) and returns its stream of events: output chunks, then the exit.
+    pub(crate) async fn start_exec(
+        &self,
+        spec: &ExecSpec,
+        piped_stdin: bool,
+    ) -> Result<NamespaceStream, SandboxError> {
         self.check(Operation::Exec)?;
         let cwd = self.inside_cwd(spec.cwd.as_deref())?;
-        let env = compose_env(|name| std::env::var(name).ok(), &self.env, &spec);
+        let env = compose_env(|name| std::env::var(name).ok(), &self.env, spec);
         let request = Request::Exec(ExecRequest {
             argv: spec.command.to_argv(),
             env: env.into_iter().collect(),
             cwd: cwd.clone(),
         });
-        let (stdin_read, stdin_write) = match spec.stdin {
-            Some(_) => {
-                let (read, write) = pipe()?;
-                (read, Some(write))
-            }
-            None => {
-                let null = fs_err::File::open("/dev/null")
-                    .map_err(|error| SandboxError::io("open", "/dev/null", error))?;
-                (OwnedFd::from(null.into_parts().0), None)
-            }
+        let (stdin_read, stdin_write) = if piped_stdin {
+            let (read, write) = pipe()?;
+            (read, Some(write))
+        } else {
+            let null = fs_err::File::open("/dev/null")
+                .map_err(|error| SandboxError::io("open", "/dev/null", error))?;
+            (OwnedFd::from(null.into_parts().0), None)
         };
         let (stdout_read, stdout_write) = pipe()?;
         let (stderr_read, stderr_write) = pipe()?;
@@ -122,10 +127,10 @@ impl NamespaceSandbox {
         })
         .await
         .map_err(|error| self.init_gone().unwrap_or(error))?;
-        match response {
-            Some(Response::Started { .. }) => {}
+        let pid = match response {
+            Some(Response::Started { pid }) => pid,
             Some(Response::StartFailed { errno, during }) => {
-                return Err(start_error(&spec, &cwd, errno, during))
+                return Err(start_error(spec, &cwd, errno, during))
             }
             other => {
                 return Err(SandboxError::system(
@@ -133,71 +138,222 @@ impl NamespaceSandbox {
                     io::Error::other(format!("the sandbox's init answered {other:?}")),
                 ))
             }
-        }
-        connection
-            .set_nonblocking(true)
-            .map_err(|error| SandboxError::system("exec", error))?;
-        let connection = tokio::net::UnixStream::from_std(connection)
-            .map_err(|error| SandboxError::system("exec", error))?;
-        // Dropping these (an abandoned exec) closes the connection: init kills the group.
-        let (mut from_init, mut to_init) = connection.into_split();
+        };
+        let system = |error| SandboxError::system("exec", error);
+        connection.set_nonblocking(true).map_err(system)?;
+        let connection = tokio::net::UnixStream::from_std(connection).map_err(system)?;
+        let receiver = |fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(system);
+        let stdin = match stdin_write {
+            Some(fd) => Some(tokio::net::unix::pipe::Sender::from_owned_fd(fd).map_err(system)?),
+            None => None,
+        };
+        let pump = Pump {
+            connection,
+            stdout: Some(receiver(stdout_read)?),
+            stderr: Some(receiver(stderr_read)?),
+            cap: spec.max_output_bytes,
+            timeout: spec.timeout,
+            cgroups: self.cgroups.clone(),
+            oom_kills_before,
+        };
+        let (events, events_rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+        let (signals, signals_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(pump.run(events, signals_rx));
+        Ok(NamespaceStream {
+            process_id: format!("p{pid}"),
+            events: events_rx,
+            stdin,
+            signals,
+            ended: false,
+        })
+    }
 
-        let stdin_writer = match (spec.stdin, stdin_write) {
-            (Some(bytes), Some(pipe)) => {
-                let mut pipe = tokio::net::unix::pipe::Sender::from_owned_fd(pipe)
-                    .map_err(|error| SandboxError::system("exec", error))?;
-                Some(tokio::spawn(async move {
-                    // EPIPE when the program does not read it all: fine. Dropping the
-                    // pipe is the EOF.
-                    let _ = pipe.write_all(&bytes).await;
-                }))
-            }
+    pub(crate) async fn run_exec(&self, spec: ExecSpec) -> Result<ExecOutput, SandboxError> {
+        let started = Instant::now();
+        let mut stream = self.start_exec(&spec, spec.stdin.is_some()).await?;
+        let stdin_writer = match (spec.stdin, stream.stdin.take()) {
+            (Some(bytes), Some(mut pipe)) => Some(tokio::spawn(async move {
+                // EPIPE when the program does not read it all: fine. Dropping the pipe
+                // is the EOF.
+                let _ = pipe.write_all(&bytes).await;
+            })),
             _ => None,
         };
-        let receiver = |fd| {
-            tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
-                .map_err(|error| SandboxError::system("exec", error))
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let exit = loop {
+            match stream.events.recv().await {
+                Some(ExecEvent::Stdout(chunk)) => stdout.extend_from_slice(&chunk),
+                Some(ExecEvent::Stderr(chunk)) => stderr.extend_from_slice(&chunk),
+                Some(ExecEvent::Exit(exit)) => break exit,
+                None => {
+                    return Err(self
+                        .init_gone()
+                        .unwrap_or_else(|| lost_exit("ended without an exit")))
+                }
+            }
         };
-        let mut stdout = Some(receiver(stdout_read)?);
-        let mut stderr = Some(receiver(stderr_read)?);
-        let cap = usize::try_from(spec.max_output_bytes).unwrap_or(usize::MAX);
-        let (mut out, mut err) = (CappedBuffer::new(cap), CappedBuffer::new(cap));
+        if let Some(writer) = stdin_writer {
+            writer.abort();
+        }
+        Ok(ExecOutput {
+            exit,
+            stdout,
+            stderr,
+            duration: started.elapsed(),
+        })
+    }
+
+    pub(crate) async fn run_exec_stream(
+        &self,
+        spec: ExecSpec,
+    ) -> Result<Box<dyn ExecStream>, SandboxError> {
+        if spec.tty.is_some() || spec.detach {
+            self.check(Operation::Exec)?;
+            return Err(SandboxError::Unsupported {
+                backend: cthulu_types::BackendKind::Namespace,
+                operation: if spec.tty.is_some() {
+                    "pty"
+                } else {
+                    "detached processes"
+                },
+                reason: crate::provider::NOT_YET.to_owned(),
+            });
+        }
+        let mut stream = self.start_exec(&spec, true).await?;
+        if let Some(bytes) = spec.stdin {
+            stream.write_stdin(&bytes).await?;
+        }
+        Ok(Box::new(stream))
+    }
+}
+
+/// Output chunks queued between the pump and the stream's reader: backpressure beyond.
+const EVENT_QUEUE: usize = 16;
+
+/// A running command's stream: output and exit from its [`Pump`], stdin straight into its
+/// pipe, signals through the pump to init. Dropping it ends the pump, which closes the
+/// connection to init: init kills the command's process group.
+pub(crate) struct NamespaceStream {
+    process_id: String,
+    events: tokio::sync::mpsc::Receiver<ExecEvent>,
+    stdin: Option<tokio::net::unix::pipe::Sender>,
+    signals: tokio::sync::mpsc::UnboundedSender<i32>,
+    ended: bool,
+}
+
+#[async_trait::async_trait]
+impl ExecStream for NamespaceStream {
+    fn process_id(&self) -> &str {
+        &self.process_id
+    }
+
+    async fn next_event(&mut self) -> Option<ExecEvent> {
+        if self.ended {
+            return None;
+        }
+        let event = self.events.recv().await;
+        if matches!(event, Some(ExecEvent::Exit(_)) | None) {
+            self.ended = true;
+        }
+        event
+    }
+
+    async fn write_stdin(&mut self, data: &[u8]) -> Result<(), SandboxError> {
+        if let Some(pipe) = &mut self.stdin {
+            if pipe.write_all(data).await.is_err() {
+                // The program closed its stdin (or ended): nobody reads it any more.
+                self.stdin = None;
+            }
+        }
+        Ok(())
+    }
+
+    async fn close_stdin(&mut self) -> Result<(), SandboxError> {
+        self.stdin = None;
+        Ok(())
+    }
+
+    async fn signal(&mut self, signal: Signal) -> Result<(), SandboxError> {
+        // After the exit the pump is gone and there is nothing left to signal.
+        let _ = self.signals.send(signal.number());
+        Ok(())
+    }
+
+    async fn resize(&mut self, _size: PtySize) -> Result<(), SandboxError> {
+        Err(SandboxError::InvalidRequest {
+            field: "resize",
+            message: "the process has no terminal".into(),
+        })
+    }
+}
+
+/// Moves a command's output and exit to its stream, applies its cap and timeout, and
+/// passes signals to init.
+struct Pump {
+    connection: tokio::net::UnixStream,
+    stdout: Option<tokio::net::unix::pipe::Receiver>,
+    stderr: Option<tokio::net::unix::pipe::Receiver>,
+    cap: u64,
+    timeout: Duration,
+    cgroups: SandboxCgroups,
+    oom_kills_before: Option<u64>,
+}
+
+impl Pump {
+    async fn run(
+        mut self,
+        events: tokio::sync::mpsc::Sender<ExecEvent>,
+        mut signals: tokio::sync::mpsc::UnboundedReceiver<i32>,
+    ) {
+        let (mut from_init, mut to_init) = self.connection.into_split();
         let (mut out_chunk, mut err_chunk) = (vec![0u8; READ_CHUNK], vec![0u8; READ_CHUNK]);
+        let (mut out_left, mut err_left) = (self.cap, self.cap);
+        let mut truncated = false;
         let now = tokio::time::Instant::now();
         let deadline = now
-            .checked_add(spec.timeout)
+            .checked_add(self.timeout)
             .unwrap_or_else(|| now + FAR_FUTURE);
         let exit = read_exit(&mut from_init);
         tokio::pin!(exit);
         let mut status: Option<(Option<i32>, Option<i32>)> = None;
         let mut timed_out = false;
         let mut drain_until = None;
-        while status.is_none() || stdout.is_some() || stderr.is_some() {
+        let send_group = |signal: i32| protocol::encode(&Request::SignalGroup { signal });
+        while status.is_none() || self.stdout.is_some() || self.stderr.is_some() {
             tokio::select! {
-                read = read_some(&mut stdout, &mut out_chunk) => {
-                    read_into(read, &mut stdout, &out_chunk, &mut out);
+                read = read_some(&mut self.stdout, &mut out_chunk) => {
+                    let chunk = take_capped(read, &mut self.stdout, &out_chunk, &mut out_left, &mut truncated);
+                    if let Some(chunk) = chunk {
+                        if events.send(ExecEvent::Stdout(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
                 },
-                read = read_some(&mut stderr, &mut err_chunk) => {
-                    read_into(read, &mut stderr, &err_chunk, &mut err);
+                read = read_some(&mut self.stderr, &mut err_chunk) => {
+                    let chunk = take_capped(read, &mut self.stderr, &err_chunk, &mut err_left, &mut truncated);
+                    if let Some(chunk) = chunk {
+                        if events.send(ExecEvent::Stderr(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
                 },
                 exited = &mut exit, if status.is_none() => {
-                    status = Some(exited?);
+                    // init gone (the sandbox destroyed, or killed from outside): the
+                    // kernel killed every process of its pid namespace with it.
+                    status = Some(exited.unwrap_or((None, Some(libc::SIGKILL))));
                     drain_until = Some(tokio::time::Instant::now() + DRAIN_GRACE);
+                },
+                Some(signal) = signals.recv(), if status.is_none() => {
+                    let _ = to_init.write_all(&send_group(signal)).await;
                 },
                 _ = tokio::time::sleep_until(deadline), if status.is_none() && !timed_out => {
                     timed_out = true;
                     // The whole group: a backgrounded grandchild goes too.
-                    let kill = protocol::encode(&Request::SignalGroup { signal: libc::SIGKILL });
-                    to_init
-                        .write_all(&kill)
-                        .await
-                        .map_err(|error| SandboxError::system("kill the timed-out command", error))?;
+                    let _ = to_init.write_all(&send_group(libc::SIGKILL)).await;
                 },
                 _ = tokio::time::sleep_until(drain_until.unwrap_or(deadline)), if drain_until.is_some() => break,
+                () = events.closed() => return,
             }
-        }
-        if let Some(writer) = stdin_writer {
-            writer.abort();
         }
         let (exit_code, signal) = status.expect("the loop ends after the exit");
         // The kernel counts OOM kills per memory group: one during this exec that it did
@@ -205,36 +361,33 @@ impl NamespaceSandbox {
         // be the command itself, whose exit is then 137 from the shell).
         let oom_killed = exit_code != Some(0)
             && matches!(
-                (oom_kills_before, self.cgroups.oom_kills()),
+                (self.oom_kills_before, self.cgroups.oom_kills()),
                 (Some(before), Some(after)) if after > before
             );
-        let (stdout, out_truncated) = out.into_inner();
-        let (stderr, err_truncated) = err.into_inner();
-        Ok(ExecOutput {
-            exit: ExitInfo {
+        let _ = events
+            .send(ExecEvent::Exit(ExitInfo {
                 exit_code,
                 signal,
                 timed_out,
-                truncated: out_truncated || err_truncated,
+                truncated,
                 oom_killed,
-            },
-            stdout,
-            stderr,
-            duration: started.elapsed(),
-        })
+            }))
+            .await;
     }
+}
+
+fn lost_exit(detail: &str) -> SandboxError {
+    SandboxError::system(
+        "wait for the program",
+        io::Error::other(format!("the sandbox's init {detail}")),
+    )
 }
 
 /// Waits for init's `Exited` on the exec connection.
 async fn read_exit(
     from_init: &mut tokio::net::unix::OwnedReadHalf,
 ) -> Result<(Option<i32>, Option<i32>), SandboxError> {
-    let lost = |detail: String| {
-        SandboxError::system(
-            "wait for the program",
-            io::Error::other(format!("the sandbox's init {detail}")),
-        )
-    };
+    let lost = |detail: String| lost_exit(&detail);
     let mut header = [0u8; 4];
     from_init
         .read_exact(&mut header)
@@ -287,21 +440,28 @@ async fn read_some(
     }
 }
 
-/// Keeps what a read brought under the cap. At EOF, and once the cap is passed, the pipe
-/// is closed: a program that goes on writing gets EPIPE (or SIGPIPE).
-fn read_into<R>(
+/// What a read brought, cut at what is left of the cap. At EOF, and once the cap is
+/// reached, the pipe is closed: a program that goes on writing gets EPIPE (or SIGPIPE).
+fn take_capped<R>(
     read: io::Result<usize>,
     pipe: &mut Option<R>,
     chunk: &[u8],
-    buffer: &mut CappedBuffer,
-) {
+    left: &mut u64,
+    truncated: &mut bool,
+) -> Option<Bytes> {
     match read {
-        Ok(0) | Err(_) => *pipe = None,
+        Ok(0) | Err(_) => {
+            *pipe = None;
+            None
+        }
         Ok(read) => {
-            buffer.push(&chunk[..read]);
-            if buffer.is_truncated() {
+            let kept = read.min(usize::try_from(*left).unwrap_or(usize::MAX));
+            *left -= kept as u64;
+            if kept < read {
+                *truncated = true;
                 *pipe = None;
             }
+            (kept > 0).then(|| Bytes::copy_from_slice(&chunk[..kept]))
         }
     }
 }

@@ -26,8 +26,9 @@
 //! cgroup v1 when the server can write it; stop/resume through the v1 freezer. A limit the
 //! machine cannot enforce is refused at create, by name.
 //!
-//! Not yet (answered [`Unsupported`](cthulu_core::SandboxError::Unsupported), and false
-//! in the capabilities): streaming exec, PTYs, detached processes, ports, checkpoints;
+//! Streaming exec runs on pipes through the same init connection (a dropped stream kills
+//! the command). Not yet (answered [`Unsupported`](cthulu_core::SandboxError::Unsupported),
+//! and false in the capabilities): PTYs, detached processes, ports, checkpoints;
 //! a create asking for a disk limit, full network or an image is refused. No seccomp or
 //! Landlock yet.
 //!

@@ -227,7 +227,7 @@ fn unavailable_reason(root: &Path) -> Option<String> {
 pub(crate) fn capabilities(can_freeze: bool) -> Capabilities {
     Capabilities {
         isolation: true,
-        exec_stream: false,
+        exec_stream: true,
         pty: false,
         detached_processes: false,
         files: true,

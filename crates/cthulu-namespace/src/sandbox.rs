@@ -193,8 +193,8 @@ impl SandboxHandle for NamespaceSandbox {
         self.run_exec(spec).await
     }
 
-    async fn exec_stream(&self, _spec: ExecSpec) -> Result<Box<dyn ExecStream>, SandboxError> {
-        Err(self.unsupported("streaming exec"))
+    async fn exec_stream(&self, spec: ExecSpec) -> Result<Box<dyn ExecStream>, SandboxError> {
+        self.run_exec_stream(spec).await
     }
 
     async fn list_processes(&self) -> Result<Vec<ProcessInfo>, SandboxError> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use cthulu_core::SandboxProvider;
 use cthulu_host::{HostConfig, HostProvider};
+use cthulu_namespace::{NamespaceConfig, NamespaceProvider};
 use cthulu_types::BackendKind;
 
 use crate::db::{Database, DbError};
@@ -30,6 +31,9 @@ pub struct ServerConfig {
     pub default_backend: Option<BackendKind>,
     /// How the host backend starts its process shim (`cthulu __shim` in production).
     pub host_shim: cthulu_host::ShimCommand,
+    /// How the namespace backend starts a sandbox's init (`cthulu __ns-init` in
+    /// production); `None` leaves the backend out of this server.
+    pub namespace_init: Option<cthulu_namespace::InitCommand>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,8 @@ pub enum ServerError {
     Database(#[from] DbError),
     #[error("cannot start the host backend")]
     HostBackend(#[source] cthulu_host::HostError),
+    #[error("cannot start the namespace backend")]
+    NamespaceBackend(#[source] cthulu_namespace::NamespaceError),
     #[error("the default backend {backend} is not available here: {reason}")]
     DefaultBackend {
         backend: BackendKind,
@@ -96,6 +102,15 @@ impl Server {
         })
         .map_err(ServerError::HostBackend)?;
         providers.insert(BackendKind::Host, Arc::new(host));
+        if let Some(init) = &config.namespace_init {
+            // Inserted even where namespaces are unavailable: its info says why.
+            let namespace = NamespaceProvider::new(NamespaceConfig {
+                root: config.home.join("sandboxes").join("namespace"),
+                init: init.clone(),
+            })
+            .map_err(ServerError::NamespaceBackend)?;
+            providers.insert(BackendKind::Namespace, Arc::new(namespace));
+        }
 
         let default_backend = config.default_backend.unwrap_or(BackendKind::Host);
         match providers

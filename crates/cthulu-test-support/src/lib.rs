@@ -23,6 +23,21 @@ pub fn shim_command() -> ShimCommand {
     }
 }
 
+/// The namespace backend's init as tests run it: the `cthulu-ns-init` binary next to the
+/// test binary's directory.
+pub fn namespace_init_command() -> cthulu_namespace::InitCommand {
+    let program = target_dir().join("cthulu-ns-init");
+    assert!(
+        program.exists(),
+        "{} is missing: build it with `cargo build -p cthulu-namespace --bin cthulu-ns-init` (cargo nextest run --workspace builds it)",
+        program.display()
+    );
+    cthulu_namespace::InitCommand {
+        program,
+        args: Vec::new(),
+    }
+}
+
 /// `target/debug` (or the profile's directory) of the running test binary.
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary has a path");
@@ -58,6 +73,7 @@ impl TestServer {
             listen: "127.0.0.1:0".parse().expect("a loopback address"),
             default_backend: None,
             host_shim: shim_command(),
+            namespace_init: Some(namespace_init_command()),
         };
         let server = Server::start(config).await.expect("the server starts");
         let url = format!("http://{}", server.local_addr());

@@ -15,9 +15,10 @@ mod session;
 mod terminal;
 
 fn main() -> std::process::ExitCode {
-    // The host backend's process shim is synchronous and must start before any runtime.
-    if let Some(shim_arguments) = commands::shim::arguments() {
-        return commands::shim::run(shim_arguments);
+    // The host backend's process shim and the namespace init are synchronous and must
+    // start before any runtime.
+    if let Some(hidden) = commands::shim::arguments() {
+        return commands::shim::run(hidden);
     }
     let cli = <cli::Cli as clap::Parser>::parse();
     exit::run(cli)

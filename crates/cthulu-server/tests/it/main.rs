@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod errors;
 mod lifetime;
+mod namespace;
 mod openapi;
 mod restart;
 mod support;

@@ -27,6 +27,15 @@ pub fn shim_command() -> anyhow::Result<ShimCommand> {
     })
 }
 
+/// `cthulu __ns-init`: how the namespace backend starts each sandbox's init.
+pub fn namespace_init_command() -> anyhow::Result<cthulu_namespace::InitCommand> {
+    let program = std::env::current_exe().context("cannot find the path of this executable")?;
+    Ok(cthulu_namespace::InitCommand {
+        program,
+        args: vec![super::shim::NS_INIT_SUBCOMMAND.into()],
+    })
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let home = super::home_dir(args.home)?;
     let config = ServerConfig {
@@ -34,6 +43,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         listen: args.listen,
         default_backend: None,
         host_shim: shim_command()?,
+        namespace_init: Some(namespace_init_command()?),
     };
     let server = Server::start(config)
         .await

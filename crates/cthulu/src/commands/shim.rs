@@ -1,22 +1,39 @@
-//! `cthulu __shim …` (hidden): the host backend's process shim, which the server starts
-//! once per streamed command (see `cthulu_host::shim`).
+//! The hidden subcommands the server starts itself with: `cthulu __shim …`, the host
+//! backend's process shim (once per streamed command, see `cthulu_host::shim`), and
+//! `cthulu __ns-init …`, a namespace sandbox's init (see `cthulu_namespace::init`).
+//! Both are synchronous programs that must run before any tokio runtime exists.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-/// The name of the hidden subcommand.
+/// The name of the shim's subcommand.
 pub const SUBCOMMAND: &str = "__shim";
+/// The name of the namespace init's subcommand.
+pub const NS_INIT_SUBCOMMAND: &str = "__ns-init";
 
-/// The shim's arguments when this process was started as `cthulu __shim …`.
-pub fn arguments() -> Option<Vec<OsString>> {
-    let mut arguments = std::env::args_os().skip(1);
-    if arguments.next()? != SUBCOMMAND {
-        return None;
-    }
-    Some(arguments.collect())
+/// A hidden subcommand this process was started as, and its arguments.
+pub enum Hidden {
+    Shim(Vec<OsString>),
+    NamespaceInit(Vec<OsString>),
 }
 
-/// Runs the shim synchronously, before any tokio runtime exists.
-pub fn run(arguments: Vec<OsString>) -> ExitCode {
-    cthulu_host::shim::run(arguments)
+/// The hidden subcommand of this process, if it was started as one.
+pub fn arguments() -> Option<Hidden> {
+    let mut arguments = std::env::args_os().skip(1);
+    let subcommand = arguments.next()?;
+    if subcommand == SUBCOMMAND {
+        Some(Hidden::Shim(arguments.collect()))
+    } else if subcommand == NS_INIT_SUBCOMMAND {
+        Some(Hidden::NamespaceInit(arguments.collect()))
+    } else {
+        None
+    }
+}
+
+/// Runs the hidden subcommand synchronously, before any tokio runtime exists.
+pub fn run(hidden: Hidden) -> ExitCode {
+    match hidden {
+        Hidden::Shim(arguments) => cthulu_host::shim::run(arguments),
+        Hidden::NamespaceInit(arguments) => cthulu_namespace::init::main(arguments),
+    }
 }

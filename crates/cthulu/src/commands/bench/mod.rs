@@ -64,6 +64,7 @@ async fn start_target(global: &GlobalArgs) -> anyhow::Result<Target> {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         default_backend: None,
         host_shim: super::serve::shim_command()?,
+        namespace_init: Some(super::serve::namespace_init_command()?),
     };
     let server = Server::start(config)
         .await
