@@ -16,12 +16,17 @@
 //! mapped), its own hostname, loopback only, its own `/proc`, `/tmp` and minimal `/dev`,
 //! the host's `/usr`, `/etc`, `/bin`, `/lib*`, `/sbin` and `/opt` under an overlay whose
 //! writes land in the sandbox's directory, `/workspace` bound from the host, and
-//! no_new_privs. The old root is detached after `pivot_root`.
+//! no_new_privs. The old root is detached after `pivot_root`. Every command runs under a
+//! seccomp filter (x86_64; mounts, new namespaces, kernel modules, keyrings, BPF, perf,
+//! io_uring... answered EPERM, other system call ABIs killed) and a Landlock ruleset (where
+//! the kernel has it: writes only beneath `/workspace`, `/tmp`, `/dev`, `/root`, `/home`,
+//! `/var`, `/run`, `/mnt`, `/srv` and the system overlays, so `/` itself and `/proc` are
+//! read-only), both prepared once by init and applied just before each `execve` ([`init`]).
 //!
 //! Not yet (answered [`Unsupported`](cthulu_core::SandboxError::Unsupported), and false
 //! in the capabilities): streaming exec, PTYs, detached processes, ports, checkpoints,
 //! stop/resume; a create asking for resource limits, full network or an image is refused.
-//! Only timeouts and output caps are enforced: no cgroups, seccomp or Landlock yet.
+//! Only timeouts and output caps are enforced: no cgroups yet.
 //!
 //! On disk, per sandbox:
 //!

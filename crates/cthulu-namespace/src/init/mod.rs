@@ -6,11 +6,14 @@
 //!    ipc, uts and cgroup namespaces, with root inside mapped to the caller's uid and gid.
 //! 2. It forks: the child is PID 1 of the new pid namespace. The parent prints
 //!    `pid <host pid of the child>` and exits.
-//! 3. PID 1 builds the sandbox's filesystem and pivots into it ([`setup`]), prints
-//!    `ready` (or `error <message>`), closes stdout and serves the socket ([`serve`]).
+//! 3. PID 1 builds the sandbox's filesystem and pivots into it ([`setup`]), prepares the
+//!    Landlock ruleset and seccomp filter of the commands ([`harden`]), prints `ready` (or
+//!    `error <message>`), closes stdout and serves the socket ([`serve`]), forking each
+//!    command, which confines itself just before its `execve`.
 //!
 //! Errors go to stderr, which the provider points at `<state>/init.log`.
 
+mod harden;
 mod serve;
 mod setup;
 
@@ -103,11 +106,15 @@ fn write_id_maps(uid: u32, gid: u32) -> Result<(), String> {
 
 /// PID 1 of the sandbox: builds its filesystem, then serves until shutdown.
 fn pid_one(state: &std::path::Path, hostname: &[u8], listener: UnixListener) -> ExitCode {
-    if let Err(message) = setup::build(state, hostname) {
-        report(&format!("error {message}"));
-        eprintln!("cthulu-ns-init: {message}");
-        return ExitCode::FAILURE;
-    }
+    let hardening = match setup::build(state, hostname).and_then(|()| harden::Hardening::prepare())
+    {
+        Ok(hardening) => hardening,
+        Err(message) => {
+            report(&format!("error {message}"));
+            eprintln!("cthulu-ns-init: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
     report("ready");
     // The provider reads until EOF: stdin and stdout go to /dev/null from now on.
     if let Ok(null) = std::fs::OpenOptions::new()
@@ -118,7 +125,7 @@ fn pid_one(state: &std::path::Path, hostname: &[u8], listener: UnixListener) -> 
         let _ = rustix::stdio::dup2_stdin(&null);
         let _ = rustix::stdio::dup2_stdout(&null);
     }
-    match serve::serve(listener) {
+    match serve::serve(listener, &hardening) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("cthulu-ns-init: {message}");
