@@ -102,6 +102,17 @@ impl NamespaceSandbox {
         };
         let (stdout_read, stdout_write) = pipe()?;
         let (stderr_read, stderr_write) = pipe()?;
+        // Pipes belong to their creator, the server: `/dev/stdout` (a reopen through
+        // /proc/self/fd) needs them to be the sandbox's root's.
+        if let Some(owner) = self.workspace.owner() {
+            for fd in [&stdin_read, &stdout_write, &stderr_write] {
+                let _ = rustix::fs::fchown(
+                    fd,
+                    Some(rustix::fs::Uid::from_raw(owner.uid)),
+                    Some(rustix::fs::Gid::from_raw(owner.gid)),
+                );
+            }
+        }
         let oom_kills_before = self.cgroups.oom_kills();
         let socket = self.socket.clone();
         let (connection, response) = blocking("exec", move || {

@@ -20,7 +20,12 @@
 //! `/etc`, `/bin`, `/lib*`, `/sbin` and `/opt` under an overlay whose writes land in the
 //! sandbox's directory, `/workspace` bound from the host (files the server writes there
 //! are given to the sandbox's root), and no_new_privs. The old root is detached after
-//! `pivot_root`.
+//! `pivot_root`. Every command runs under a seccomp filter (x86_64; mounts, new
+//! namespaces, kernel modules, keyrings, BPF, perf, io_uring... answered EPERM, other
+//! system call ABIs killed) and a Landlock ruleset (where the kernel has it: writes only
+//! beneath `/workspace`, `/tmp`, `/dev`, `/root`, `/home`, `/var`, `/run`, `/mnt`, `/srv`
+//! and the system overlays, so `/` itself and `/proc` are read-only), both prepared once
+//! by init and applied just before each `execve` ([`init`]).
 //!
 //! Limits (module `cgroup`): memory (OOM kills reported on the exec), pids and cpus through
 //! cgroup v1 when the server can write it; stop/resume through the v1 freezer. A limit the
@@ -29,8 +34,7 @@
 //! Streaming exec runs on pipes through the same init connection (a dropped stream kills
 //! the command). Not yet (answered [`Unsupported`](cthulu_core::SandboxError::Unsupported),
 //! and false in the capabilities): PTYs, detached processes, ports, checkpoints;
-//! a create asking for a disk limit, full network or an image is refused. No seccomp or
-//! Landlock yet.
+//! a create asking for a disk limit, full network or an image is refused.
 //!
 //! On disk, per sandbox:
 //!

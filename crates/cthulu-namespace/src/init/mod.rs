@@ -12,12 +12,15 @@
 //!    namespace, as only it may), the caller's own uid and gid otherwise.
 //! 3. It forks: the child is PID 1 of the new pid namespace. The parent prints
 //!    `pid <host pid of the child>` and exits.
-//! 4. PID 1 builds the sandbox's filesystem (still as the host user that owns the state
-//!    directory), becomes root of the sandbox, pivots into it ([`setup`]), prints `ready`
-//!    (or `error <message>`), closes stdout and serves the socket ([`serve`]).
+//! 4. PID 1 becomes root of the sandbox, builds the sandbox's filesystem and pivots into it
+//!    ([`setup`]), prepares the Landlock ruleset and seccomp filter of the commands
+//!    ([`harden`]), prints `ready` (or `error <message>`), closes stdout and serves the
+//!    socket ([`serve`]), forking each command, which confines itself just before its
+//!    `execve`.
 //!
 //! Errors go to stderr, which the provider points at `<state>/init.log`.
 
+mod harden;
 mod serve;
 mod setup;
 
@@ -272,11 +275,14 @@ impl MapWriter {
 
 /// PID 1 of the sandbox: builds its filesystem, then serves until shutdown.
 fn pid_one(state: &Path, config: &InitConfig, listener: UnixListener) -> ExitCode {
-    if let Err(message) = setup::build(state, config) {
-        report(&format!("error {message}"));
-        eprintln!("cthulu-ns-init: {message}");
-        return ExitCode::FAILURE;
-    }
+    let hardening = match setup::build(state, config).and_then(|()| harden::Hardening::prepare()) {
+        Ok(hardening) => hardening,
+        Err(message) => {
+            report(&format!("error {message}"));
+            eprintln!("cthulu-ns-init: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
     report("ready");
     // The provider reads until EOF: stdin and stdout go to /dev/null from now on.
     if let Ok(null) = std::fs::OpenOptions::new()
@@ -287,7 +293,7 @@ fn pid_one(state: &Path, config: &InitConfig, listener: UnixListener) -> ExitCod
         let _ = rustix::stdio::dup2_stdin(&null);
         let _ = rustix::stdio::dup2_stdout(&null);
     }
-    match serve::serve(listener) {
+    match serve::serve(listener, &hardening) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("cthulu-ns-init: {message}");

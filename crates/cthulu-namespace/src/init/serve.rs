@@ -12,6 +12,7 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, WaitOptions};
 
+use super::harden::Hardening;
 use crate::protocol::{self, ExecRequest, Request, Response, StartStep};
 
 /// A client must send its request this soon after connecting.
@@ -24,7 +25,7 @@ struct Running {
     connection: Option<UnixStream>,
 }
 
-pub fn serve(listener: UnixListener) -> Result<(), String> {
+pub fn serve(listener: UnixListener, hardening: &Hardening) -> Result<(), String> {
     listener
         .set_nonblocking(true)
         .map_err(|error| format!("setting the control socket non-blocking: {error}"))?;
@@ -73,7 +74,7 @@ pub fn serve(listener: UnixListener) -> Result<(), String> {
             loop {
                 match listener.accept() {
                     Ok((connection, _)) => {
-                        if handle(connection, &mut running) == Flow::Shutdown {
+                        if handle(connection, &mut running, hardening) == Flow::Shutdown {
                             return Ok(());
                         }
                     }
@@ -93,7 +94,11 @@ enum Flow {
 }
 
 /// Reads and answers the request of a new connection.
-fn handle(mut connection: UnixStream, running: &mut HashMap<i32, Running>) -> Flow {
+fn handle(
+    mut connection: UnixStream,
+    running: &mut HashMap<i32, Running>,
+    hardening: &Hardening,
+) -> Flow {
     if connection.set_nonblocking(false).is_err()
         || connection.set_read_timeout(Some(REQUEST_TIMEOUT)).is_err()
     {
@@ -119,7 +124,7 @@ fn handle(mut connection: UnixStream, running: &mut HashMap<i32, Running>) -> Fl
                 let _ = answer(&connection, &Response::Refused { message });
                 return Flow::Continue;
             };
-            match start(&exec, [stdin, stdout, stderr]) {
+            match start(&exec, [stdin, stdout, stderr], hardening) {
                 Ok(pid) => {
                     if answer(&connection, &Response::Started { pid }).is_err() {
                         kill_group(pid, libc::SIGKILL);
@@ -283,7 +288,11 @@ fn prepare(exec: &ExecRequest) -> Option<Prepared> {
 
 /// Forks and execs the command in a process group of its own. The child reports a
 /// failed `chdir` or `execve` through a CLOEXEC pipe: EOF there means the exec happened.
-fn start(exec: &ExecRequest, stdio: [OwnedFd; 3]) -> Result<i32, (i32, StartStep)> {
+fn start(
+    exec: &ExecRequest,
+    stdio: [OwnedFd; 3],
+    hardening: &Hardening,
+) -> Result<i32, (i32, StartStep)> {
     let prepared = prepare(exec).ok_or((libc::EINVAL, StartStep::Exec))?;
     let (error_read, error_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|errno| (errno.raw_os_error(), StartStep::Exec))?;
@@ -305,7 +314,16 @@ fn start(exec: &ExecRequest, stdio: [OwnedFd; 3]) -> Result<i32, (i32, StartStep
     if pid == 0 {
         // SAFETY: see above; every pointer refers to memory owned by `prepared`, `argv`
         // and `envp`, alive until exec or _exit.
-        unsafe { child(&prepared, &stdio, error_write.as_raw_fd(), &argv, &envp) }
+        unsafe {
+            child(
+                &prepared,
+                &stdio,
+                error_write.as_raw_fd(),
+                &argv,
+                &envp,
+                hardening,
+            )
+        }
     }
     drop(error_write);
     drop(stdio);
@@ -334,7 +352,8 @@ fn start(exec: &ExecRequest, stdio: [OwnedFd; 3]) -> Result<i32, (i32, StartStep
     Err((errno, during))
 }
 
-/// The forked child: own process group, stdio, cwd, default signal mask, then exec.
+/// The forked child: own process group, stdio, cwd, default signal mask, Landlock and
+/// seccomp ([`Hardening::apply`]), then exec.
 ///
 /// # Safety
 /// Only in the child of a fork of a single-threaded process, with valid NULL-terminated
@@ -345,6 +364,7 @@ unsafe fn child(
     error_pipe: i32,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
+    hardening: &Hardening,
 ) -> ! {
     // SAFETY: plain system calls on descriptors and memory this process owns.
     unsafe {
@@ -366,6 +386,11 @@ unsafe fn child(
         }
         if libc::chdir(prepared.cwd.as_ptr()) != 0 {
             fail(0);
+        }
+        // SAFETY: a child just forked from PID 1, before its execve, as apply requires.
+        if let Err(error) = hardening.apply() {
+            *libc::__errno_location() = error.errno();
+            fail(1);
         }
         // The most telling error of all candidates: EACCES beats ENOENT, as in execvp.
         let mut errno = libc::ENOENT;

@@ -26,7 +26,7 @@ pub const SYSTEM_DIRS: [&str; 9] = [
     "usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "opt",
 ];
 /// Empty directories of the root.
-const ROOT_DIRS: [&str; 10] = [
+pub const ROOT_DIRS: [&str; 10] = [
     "workspace",
     "tmp",
     "proc",
