@@ -35,9 +35,9 @@ pub struct NamespaceSandbox {
     pub(crate) env: BTreeMap<String, String>,
     init: InitProcess,
     pub(crate) cgroups: SandboxCgroups,
-    /// Everything that goes into state.json again when the status changes.
+    /// What goes into state.json again when the status changes; its status is the
+    /// sandbox's.
     state: Mutex<SandboxState>,
-    status: Mutex<SandboxStatus>,
     /// Serialises destroys.
     destroying: tokio::sync::Mutex<()>,
 }
@@ -62,20 +62,19 @@ impl NamespaceSandbox {
             env: state.env.clone(),
             init: state.init,
             cgroups: state.cgroups.clone(),
-            status: Mutex::new(state.status),
             state: Mutex::new(state),
             destroying: tokio::sync::Mutex::new(()),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, SandboxStatus> {
-        self.status
+    fn lock(&self) -> MutexGuard<'_, SandboxState> {
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn check(&self, operation: Operation) -> Result<(), SandboxError> {
-        Ok(self.lock().check(operation)?)
+        Ok(self.lock().status.check(operation)?)
     }
 
     /// When init died under a running sandbox (killed from outside, OOM): the sandbox is
@@ -84,11 +83,11 @@ impl NamespaceSandbox {
         if self.init.is_alive() {
             return None;
         }
-        let mut status = self.lock();
-        if *status == SandboxStatus::Running {
-            *status = SandboxStatus::Lost;
+        let mut state = self.lock();
+        if state.status == SandboxStatus::Running {
+            state.status = SandboxStatus::Lost;
         }
-        status.check(Operation::Exec).err().map(Into::into)
+        state.status.check(Operation::Exec).err().map(Into::into)
     }
 
     /// The host pid of the sandbox's init (PID 1 inside).
@@ -103,7 +102,7 @@ impl NamespaceSandbox {
 
     async fn destroy_sandbox(&self) -> Result<(), SandboxError> {
         let _serial = self.destroying.lock().await;
-        let status = *self.lock();
+        let status = self.lock().status;
         if status == SandboxStatus::Destroyed {
             return Ok(());
         }
@@ -115,7 +114,7 @@ impl NamespaceSandbox {
         kill_init(self.init).await?;
         self.cgroups.remove().await?;
         remove_dir(&self.dir).await?;
-        *self.lock() = SandboxStatus::Destroyed;
+        self.lock().status = SandboxStatus::Destroyed;
         Ok(())
     }
 }
@@ -125,7 +124,7 @@ impl NamespaceSandbox {
     /// state.json so a restarted server knows.
     async fn freeze(&self, operation: Operation, frozen: bool) -> Result<(), SandboxError> {
         let _serial = self.destroying.lock().await;
-        let status = *self.lock();
+        let status = self.lock().status;
         let next = status.after(operation)?;
         if self.cgroups.freezer.is_none() {
             return Err(SandboxError::Unsupported {
@@ -145,15 +144,13 @@ impl NamespaceSandbox {
 
     /// Records a new status, in memory and in state.json.
     fn set_status(&self, status: SandboxStatus) -> Result<(), SandboxError> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        state.status = status;
-        state
+        let mut state = self.lock();
+        let mut changed = state.clone();
+        changed.status = status;
+        changed
             .save(&self.dir)
             .map_err(|error| SandboxError::io("write", self.dir.join(STATE_FILE), error))?;
-        *self.lock() = status;
+        *state = changed;
         Ok(())
     }
 
@@ -186,7 +183,7 @@ impl SandboxHandle for NamespaceSandbox {
     }
 
     fn status(&self) -> SandboxStatus {
-        *self.lock()
+        self.lock().status
     }
 
     async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput, SandboxError> {
