@@ -12,8 +12,8 @@ use cthulu_types::{
     SandboxId, SandboxStatus, Signal,
 };
 
-use crate::files;
 use crate::sandbox::HostSandbox;
+use crate::{files, ports};
 
 impl HostSandbox {
     fn check(&self, operation: Operation) -> Result<(), SandboxError> {
@@ -85,15 +85,15 @@ impl SandboxHandle for HostSandbox {
     }
 
     async fn expose_port(&self, port: u16) -> Result<ExposedPort, SandboxError> {
-        self.expose(port).await
+        ports::expose(self, port).await
     }
 
     async fn unexpose_port(&self, port: u16) -> Result<(), SandboxError> {
-        self.unexpose(port).await
+        ports::unexpose(self, port)
     }
 
     async fn list_ports(&self) -> Result<Vec<ExposedPort>, SandboxError> {
-        self.ports()
+        ports::list(self)
     }
 
     async fn checkpoint(&self, request: CheckpointRequest) -> Result<Checkpoint, SandboxError> {

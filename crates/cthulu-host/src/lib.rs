@@ -39,7 +39,7 @@ mod exec;
 pub mod files;
 mod handle;
 mod ids;
-mod ports;
+pub mod ports;
 mod process_groups;
 mod processes;
 mod provider;

@@ -1,31 +1,45 @@
-//! Ports. A host sandbox shares the host's network, so its servers are already reachable
-//! on loopback; exposing a port still puts a forwarder in front of it (a loopback listener
-//! of the server process that relays each connection to the sandbox's port), so that
-//! `unexpose_port` and destroy really close the URL they handed out, as on every other
-//! backend. Exposed ports are recorded in `state.json`; after a restart `attach` starts
-//! their forwarders again, on the same host port when it is free.
+//! Ports. Exposing a sandbox port puts a forwarder in front of it: a loopback listener
+//! of the server process that relays each connection to the sandbox's port through a
+//! [`Connector`]. A host sandbox shares the host's network, so its connector dials
+//! loopback ([`Loopback`]); a namespace sandbox's asks its init for a socket connected
+//! inside its network namespace. Either way `unexpose_port` and destroy really close the
+//! URL they handed out. Exposed ports are recorded in the sandbox's `state.json`; after a
+//! restart [`restart_forwarders`] starts them again, on the same host port when it is
+//! free.
+//!
+//! The bookkeeping (expose, unexpose, list, restart) is written once here, over the
+//! [`PortSandbox`] trait that each backend's sandbox implements.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use cthulu_core::SandboxError;
 use cthulu_types::sandbox::Operation;
-use cthulu_types::ExposedPort;
+use cthulu_types::{ExposedPort, SandboxId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::sandbox::HostSandbox;
 
 /// A listener answers a loopback connect at once; a silent address must not hang us.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How a forwarder reaches a sandbox port.
+#[async_trait]
+pub trait Connector: Send + Sync + 'static {
+    /// A connection to `port` of the sandbox; `None` when nobody listens there.
+    async fn connect(&self, port: u16) -> Option<TcpStream>;
+}
 
 /// The forwarders of one sandbox, by sandbox port.
-pub(crate) type Forwarders = HashMap<u16, Forwarder>;
+pub type Forwarders = HashMap<u16, Forwarder>;
 
 /// A running forwarder. Dropping it closes its listener and every connection it relays.
-pub(crate) struct Forwarder {
+pub struct Forwarder {
     task: JoinHandle<()>,
 }
 
@@ -35,8 +49,46 @@ impl Drop for Forwarder {
     }
 }
 
+/// What a sandbox gives the port bookkeeping.
+pub trait PortSandbox: Send + Sync {
+    fn sandbox_id(&self) -> &SandboxId;
+
+    fn connector(&self) -> Arc<dyn Connector>;
+
+    /// Locks the sandbox, checks `operation` against its status (`None`: it only has to
+    /// exist, running or stopped), and hands `change` its recorded ports and their
+    /// forwarders. When `change` altered the records they are saved (in `state.json`);
+    /// if saving fails, the records and forwarders are put back as they were and the
+    /// error returned.
+    fn with_ports<R>(
+        &self,
+        operation: Option<Operation>,
+        change: impl FnOnce(&mut Vec<ExposedPort>, &mut Forwarders) -> R,
+    ) -> Result<R, SandboxError>;
+}
+
+/// For [`PortSandbox::with_ports`] implementations: runs `change`, then `save` when the
+/// records changed, undoing the change when saving fails.
+pub fn change_and_save<R>(
+    records: &mut Vec<ExposedPort>,
+    forwarders: &mut Forwarders,
+    change: impl FnOnce(&mut Vec<ExposedPort>, &mut Forwarders) -> R,
+    save: impl FnOnce(&[ExposedPort]) -> Result<(), SandboxError>,
+) -> Result<R, SandboxError> {
+    let before = records.clone();
+    let result = change(records, forwarders);
+    if *records != before {
+        if let Err(error) = save(records) {
+            forwarders.retain(|port, _| before.iter().any(|exposed| exposed.port == *port));
+            *records = before;
+            return Err(error);
+        }
+    }
+    Ok(result)
+}
+
 /// The address of a forwarder, as the API shows it.
-pub(crate) fn exposed(port: u16, address: SocketAddr) -> ExposedPort {
+pub fn exposed(port: u16, address: SocketAddr) -> ExposedPort {
     ExposedPort {
         port,
         url: format!("http://{address}/"),
@@ -44,27 +96,34 @@ pub(crate) fn exposed(port: u16, address: SocketAddr) -> ExposedPort {
     }
 }
 
-/// Connects to `port` on loopback: IPv4 first, then IPv6.
-async fn connect_loopback(port: u16) -> Option<TcpStream> {
-    for ip in [
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(Ipv6Addr::LOCALHOST),
-    ] {
-        let connected = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            TcpStream::connect(SocketAddr::new(ip, port)),
-        )
-        .await;
-        if let Ok(Ok(stream)) = connected {
-            return Some(stream);
+/// The host's own loopback: the connector of sandboxes that share the host's network.
+pub struct Loopback;
+
+#[async_trait]
+impl Connector for Loopback {
+    /// Connects to `port` on loopback: IPv4 first, then IPv6.
+    async fn connect(&self, port: u16) -> Option<TcpStream> {
+        for ip in [
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ] {
+            let connected = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                TcpStream::connect(SocketAddr::new(ip, port)),
+            )
+            .await;
+            if let Ok(Ok(stream)) = connected {
+                return Some(stream);
+            }
         }
+        None
     }
-    None
 }
 
 /// Starts a forwarder to sandbox port `port` on a loopback port of the host: `preferred`
 /// when it is free, any otherwise.
 fn start_forwarder(
+    connector: Arc<dyn Connector>,
     port: u16,
     preferred: Option<SocketAddr>,
 ) -> io::Result<(Forwarder, SocketAddr)> {
@@ -82,7 +141,7 @@ fn start_forwarder(
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((inbound, _)) => {
-                        relays.spawn(relay(inbound, port));
+                        relays.spawn(relay(inbound, connector.clone(), port));
                     }
                     // Out of descriptors or similar: back off instead of spinning.
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -94,116 +153,117 @@ fn start_forwarder(
     Ok((Forwarder { task }, address))
 }
 
-async fn relay(mut inbound: TcpStream, port: u16) {
+async fn relay(mut inbound: TcpStream, connector: Arc<dyn Connector>, port: u16) {
     // Nobody listens any more: dropping the inbound connection closes it at once.
-    if let Some(mut outbound) = connect_loopback(port).await {
+    if let Some(mut outbound) = connector.connect(port).await {
         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
     }
 }
 
-impl HostSandbox {
-    pub(crate) async fn expose(&self, port: u16) -> Result<ExposedPort, SandboxError> {
-        {
-            let inner = self.lock();
-            inner.check(Operation::Ports)?;
-            if let Some(existing) = inner
-                .state
-                .ports
-                .iter()
-                .find(|exposed| exposed.port == port)
-            {
-                return Ok(existing.clone());
-            }
-        }
-        if port == 0 {
-            return Err(SandboxError::invalid("port", "must be between 1 and 65535"));
-        }
-        if connect_loopback(port).await.is_none() {
-            return Err(SandboxError::PortNotListening { port });
-        }
-        let (forwarder, address) = start_forwarder(port, None)
-            .map_err(|error| SandboxError::system("listen for the exposed port", error))?;
-        let mut inner = self.lock();
-        inner.check(Operation::Ports)?;
-        if let Some(existing) = inner
-            .state
-            .ports
-            .iter()
-            .find(|exposed| exposed.port == port)
-        {
-            // Exposed meanwhile by a concurrent call: ours goes (dropped).
-            return Ok(existing.clone());
+/// Exposes `port` of the sandbox (again: the existing record), after checking that
+/// something listens there.
+pub async fn expose(sandbox: &impl PortSandbox, port: u16) -> Result<ExposedPort, SandboxError> {
+    let existing = |records: &mut Vec<ExposedPort>, _: &mut Forwarders| {
+        records.iter().find(|exposed| exposed.port == port).cloned()
+    };
+    if let Some(existing) = sandbox.with_ports(Some(Operation::Ports), existing)? {
+        return Ok(existing);
+    }
+    if port == 0 {
+        return Err(SandboxError::invalid("port", "must be between 1 and 65535"));
+    }
+    let connector = sandbox.connector();
+    if connector.connect(port).await.is_none() {
+        return Err(SandboxError::PortNotListening { port });
+    }
+    let (forwarder, address) = start_forwarder(connector, port, None)
+        .map_err(|error| SandboxError::system("listen for the exposed port", error))?;
+    sandbox.with_ports(Some(Operation::Ports), |records, forwarders| {
+        // Exposed meanwhile by a concurrent call: that one stays, ours goes (dropped).
+        if let Some(existing) = existing(records, forwarders) {
+            return existing;
         }
         let exposed = exposed(port, address);
-        inner.state.ports.push(exposed.clone());
-        inner.state.ports.sort_by_key(|exposed| exposed.port);
-        if let Err(error) = self.persist(&inner) {
-            inner.state.ports.retain(|exposed| exposed.port != port);
-            return Err(error);
-        }
-        inner.forwarders.insert(port, forwarder);
-        Ok(exposed)
-    }
+        records.push(exposed.clone());
+        records.sort_by_key(|exposed| exposed.port);
+        forwarders.insert(port, forwarder);
+        exposed
+    })
+}
 
-    pub(crate) async fn unexpose(&self, port: u16) -> Result<(), SandboxError> {
-        let mut inner = self.lock();
-        inner.check(Operation::Ports)?;
-        let before = inner.state.ports.clone();
-        inner.state.ports.retain(|exposed| exposed.port != port);
-        if inner.state.ports.len() == before.len() {
+/// Closes the forwarder of `port` and forgets it.
+pub fn unexpose(sandbox: &impl PortSandbox, port: u16) -> Result<(), SandboxError> {
+    sandbox.with_ports(Some(Operation::Ports), |records, forwarders| {
+        let before = records.len();
+        records.retain(|exposed| exposed.port != port);
+        forwarders.remove(&port);
+        if records.len() == before {
             return Err(SandboxError::PortNotExposed { port });
         }
-        if let Err(error) = self.persist(&inner) {
-            inner.state.ports = before;
-            return Err(error);
-        }
-        inner.forwarders.remove(&port);
         Ok(())
-    }
+    })?
+}
 
-    pub(crate) fn ports(&self) -> Result<Vec<ExposedPort>, SandboxError> {
-        let inner = self.lock();
-        inner.check_exists()?;
-        Ok(inner.state.ports.clone())
-    }
+/// The exposed ports.
+pub fn list(sandbox: &impl PortSandbox) -> Result<Vec<ExposedPort>, SandboxError> {
+    sandbox.with_ports(None, |records, _| records.clone())
+}
 
-    /// Starts the forwarders of the recorded ports again (after a server restart), on
-    /// their old host ports where possible; a port that moved is recorded anew.
-    pub(crate) fn restart_forwarders(&self) -> Result<(), SandboxError> {
-        let mut inner = self.lock();
-        let mut changed = false;
-        let records = inner.state.ports.clone();
-        for record in records {
-            if inner.forwarders.contains_key(&record.port) {
+/// Starts the forwarders of the recorded ports again (after a server restart), on their
+/// old host ports where possible; a port that moved is recorded anew.
+pub fn restart_forwarders(sandbox: &impl PortSandbox) -> Result<(), SandboxError> {
+    let connector = sandbox.connector();
+    sandbox.with_ports(None, |records, forwarders| {
+        for record in records.iter_mut() {
+            if forwarders.contains_key(&record.port) {
                 continue;
             }
             let preferred = record.host_address.parse().ok();
-            let (forwarder, address) = match start_forwarder(record.port, preferred) {
-                Ok(started) => started,
+            match start_forwarder(connector.clone(), record.port, preferred) {
+                Ok((forwarder, address)) => {
+                    if Some(address) != preferred {
+                        *record = exposed(record.port, address);
+                    }
+                    forwarders.insert(record.port, forwarder);
+                }
+                // The sandbox is still usable; the port can be exposed again.
                 Err(error) => {
-                    // The sandbox is still usable; the port can be exposed again.
-                    tracing::warn!(sandbox_id = %self.sandbox_id, port = record.port, %error, "cannot forward an exposed port after a restart");
-                    continue;
+                    tracing::warn!(sandbox_id = %sandbox.sandbox_id(), port = record.port, %error, "cannot forward an exposed port after a restart")
                 }
-            };
-            if Some(address) != preferred {
-                let moved = exposed(record.port, address);
-                if let Some(slot) = inner
-                    .state
-                    .ports
-                    .iter_mut()
-                    .find(|exposed| exposed.port == record.port)
-                {
-                    *slot = moved;
-                }
-                changed = true;
             }
-            inner.forwarders.insert(record.port, forwarder);
         }
-        if changed {
-            self.persist(&inner)?;
+    })
+}
+
+impl PortSandbox for HostSandbox {
+    fn sandbox_id(&self) -> &SandboxId {
+        &self.sandbox_id
+    }
+
+    fn connector(&self) -> Arc<dyn Connector> {
+        Arc::new(Loopback)
+    }
+
+    fn with_ports<R>(
+        &self,
+        operation: Option<Operation>,
+        change: impl FnOnce(&mut Vec<ExposedPort>, &mut Forwarders) -> R,
+    ) -> Result<R, SandboxError> {
+        let mut inner = self.lock();
+        match operation {
+            Some(operation) => inner.check(operation)?,
+            None => inner.check_exists()?,
         }
-        Ok(())
+        let inner = &mut *inner;
+        let (state, forwarders) = (&mut inner.state, &mut inner.forwarders);
+        let mut records = std::mem::take(&mut state.ports);
+        let result = change_and_save(&mut records, forwarders, change, |records| {
+            let mut saved = state.clone();
+            saved.ports = records.to_vec();
+            self.persist_state(&saved)
+        });
+        state.ports = records;
+        result
     }
 }
 
@@ -234,7 +294,7 @@ mod tests {
                 });
             }
         });
-        let (forwarder, address) = start_forwarder(port, None).unwrap();
+        let (forwarder, address) = start_forwarder(Arc::new(Loopback), port, None).unwrap();
         let mut client = TcpStream::connect(address).await.unwrap();
         client.write_all(b"hello").await.unwrap();
         let mut echoed = [0u8; 5];
@@ -255,8 +315,8 @@ mod tests {
     async fn only_listening_ports_are_found() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        assert!(connect_loopback(port).await.is_some());
+        assert!(Loopback.connect(port).await.is_some());
         drop(listener);
-        assert!(connect_loopback(port).await.is_none());
+        assert!(Loopback.connect(port).await.is_none());
     }
 }

@@ -216,7 +216,7 @@ impl SandboxProvider for HostProvider {
             state,
             self.config.shim.clone(),
         ));
-        sandbox.restart_forwarders()?;
+        crate::ports::restart_forwarders(&*sandbox)?;
         Ok(sandbox)
     }
 

@@ -64,14 +64,7 @@ impl Inner {
     /// Reading operations (listing processes, ports, checkpoints; attaching) are allowed
     /// while the sandbox exists, running or stopped.
     pub fn check_exists(&self) -> Result<(), SandboxError> {
-        match self.status() {
-            SandboxStatus::Running | SandboxStatus::Stopped => Ok(()),
-            status => Err(InvalidTransition {
-                operation: Operation::Exec,
-                status,
-            }
-            .into()),
-        }
+        Ok(self.status().check_exists()?)
     }
 }
 
@@ -126,8 +119,12 @@ impl HostSandbox {
 
     /// Writes `state.json`.
     pub(crate) fn persist(&self, inner: &Inner) -> Result<(), SandboxError> {
-        inner
-            .state
+        self.persist_state(&inner.state)
+    }
+
+    /// Writes `state` as `state.json`.
+    pub(crate) fn persist_state(&self, state: &SandboxState) -> Result<(), SandboxError> {
+        state
             .save(&self.dir)
             .map_err(|error| SandboxError::io("save the sandbox state", &self.dir, error))
     }

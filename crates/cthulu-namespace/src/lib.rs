@@ -32,14 +32,19 @@
 //! machine cannot enforce is refused at create, by name.
 //!
 //! Streaming exec runs on pipes through the same init connection (a dropped stream kills
-//! the command). Not yet (answered [`Unsupported`](cthulu_core::SandboxError::Unsupported),
-//! and false in the capabilities): PTYs, detached processes, ports, checkpoints;
+//! the command). Exposed ports use the host crate's loopback forwarders
+//! ([`cthulu_host::ports`]) with a connector that asks init for a socket connected inside
+//! the sandbox's network namespace (module `ports`): no routing, no firewall rule, works
+//! unprivileged. Not yet (answered
+//! [`Unsupported`](cthulu_core::SandboxError::Unsupported), and false in the
+//! capabilities): PTYs, detached processes, checkpoints;
 //! a create asking for a disk limit, full network or an image is refused.
 //!
 //! On disk, per sandbox:
 //!
 //! ```text
-//! <root>/<sandbox_id>/state.json     env, status, init pid and start time, ids, cgroups
+//! <root>/<sandbox_id>/state.json     env, status, init pid and start time, ids, cgroups,
+//!                                    exposed ports
 //!                    /init.json      what init builds (hostname, ids, cgroups)
 //!                    /init.sock      init's control socket
 //!                    /init.log       init's stderr
@@ -55,6 +60,7 @@ mod error;
 mod exec;
 pub mod init;
 mod launch;
+mod ports;
 pub mod protocol;
 mod provider;
 mod sandbox;

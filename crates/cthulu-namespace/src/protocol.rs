@@ -6,7 +6,8 @@
 //! One connection per request. An exec connection stays open until the command ends:
 //! init answers [`Response::Started`] (or [`Response::StartFailed`]), later
 //! [`Response::Exited`]; meanwhile the client may send [`Request::SignalGroup`]; closing
-//! the connection early kills the command's process group.
+//! the connection early kills the command's process group. A connect request is answered
+//! with a socket connected inside the sandbox (for the port forwarders).
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
@@ -31,6 +32,9 @@ pub enum Request {
     SignalGroup { signal: i32 },
     /// Kill every process of the sandbox and end init.
     Shutdown,
+    /// A TCP connection to `port` on the sandbox's loopback (IPv4, else IPv6), made
+    /// inside its network namespace: answered [`Response::Connected`] with the socket.
+    Connect { port: u16 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +62,11 @@ pub enum Response {
     Done,
     /// A request init could not make sense of.
     Refused { message: String },
+    /// The socket of a [`Request::Connect`] comes with this frame; `in_progress` when the
+    /// connection was not yet established (the client waits until it is writable).
+    Connected { in_progress: bool },
+    /// Nobody accepts connections on the port: `errno` of the last attempt.
+    ConnectFailed { errno: i32 },
 }
 
 /// Where starting a command failed.

@@ -231,7 +231,7 @@ pub(crate) fn capabilities(can_freeze: bool) -> Capabilities {
         pty: false,
         detached_processes: false,
         files: true,
-        ports: false,
+        ports: true,
         checkpoint: CheckpointSupport::None,
         stop_resume: can_freeze,
         network_policy: true,
@@ -344,7 +344,12 @@ impl SandboxProvider for NamespaceProvider {
         if state.status == SandboxStatus::Running && !state.init.is_alive() {
             state.status = SandboxStatus::Lost;
         }
-        Ok(self.remember(NamespaceSandbox::new(dir, state)))
+        let sandbox = self.remember(NamespaceSandbox::new(dir, state));
+        // A lost sandbox has no ports left to forward.
+        if sandbox.status().check_exists().is_ok() {
+            cthulu_host::ports::restart_forwarders(&*sandbox)?;
+        }
+        Ok(sandbox)
     }
 
     async fn list(&self) -> Result<Vec<SandboxId>, SandboxError> {

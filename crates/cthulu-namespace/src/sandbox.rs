@@ -22,6 +22,7 @@ use crate::launch::{kill_init, remove_dir};
 use crate::provider::NOT_YET;
 use crate::state::{InitProcess, SandboxState, STATE_FILE, WORKSPACE_DIR};
 use cthulu_host::files;
+use cthulu_host::ports::{self, Forwarders};
 use cthulu_host::workspace::{Owner, Workspace};
 
 /// One namespace sandbox: `<root>/<sandbox_id>/` on the host, an init process in its
@@ -40,6 +41,8 @@ pub struct NamespaceSandbox {
     state: Mutex<SandboxState>,
     /// Serialises destroys.
     destroying: tokio::sync::Mutex<()>,
+    /// Listeners of the exposed ports (locked after `state` when both are).
+    forwarders: Mutex<Forwarders>,
 }
 
 impl NamespaceSandbox {
@@ -64,10 +67,17 @@ impl NamespaceSandbox {
             cgroups: state.cgroups.clone(),
             state: Mutex::new(state),
             destroying: tokio::sync::Mutex::new(()),
+            forwarders: Mutex::new(Forwarders::new()),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, SandboxState> {
+    pub(crate) fn forwarders(&self) -> MutexGuard<'_, Forwarders> {
+        self.forwarders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SandboxState> {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -111,6 +121,7 @@ impl NamespaceSandbox {
         if self.cgroups.freezer.is_some() {
             let _ = self.cgroups.freeze(false).await;
         }
+        self.forwarders().clear();
         kill_init(self.init).await?;
         self.cgroups.remove().await?;
         remove_dir(&self.dir).await?;
@@ -147,11 +158,16 @@ impl NamespaceSandbox {
         let mut state = self.lock();
         let mut changed = state.clone();
         changed.status = status;
-        changed
-            .save(&self.dir)
-            .map_err(|error| SandboxError::io("write", self.dir.join(STATE_FILE), error))?;
+        self.save_state(&changed)?;
         *state = changed;
         Ok(())
+    }
+
+    /// Writes `state` as state.json.
+    pub(crate) fn save_state(&self, state: &SandboxState) -> Result<(), SandboxError> {
+        state
+            .save(&self.dir)
+            .map_err(|error| SandboxError::io("write", self.dir.join(STATE_FILE), error))
     }
 
     /// The answer to an operation this increment lacks. A sandbox that can no longer run
@@ -231,16 +247,19 @@ impl SandboxHandle for NamespaceSandbox {
         files::remove(&self.workspace, path, recursive).await
     }
 
-    async fn expose_port(&self, _port: u16) -> Result<ExposedPort, SandboxError> {
-        Err(self.unsupported("ports"))
+    async fn expose_port(&self, port: u16) -> Result<ExposedPort, SandboxError> {
+        if let Some(gone) = self.init_gone() {
+            return Err(gone);
+        }
+        ports::expose(self, port).await
     }
 
-    async fn unexpose_port(&self, _port: u16) -> Result<(), SandboxError> {
-        Err(self.unsupported("ports"))
+    async fn unexpose_port(&self, port: u16) -> Result<(), SandboxError> {
+        ports::unexpose(self, port)
     }
 
     async fn list_ports(&self) -> Result<Vec<ExposedPort>, SandboxError> {
-        Err(self.unsupported("ports"))
+        ports::list(self)
     }
 
     async fn checkpoint(&self, _request: CheckpointRequest) -> Result<Checkpoint, SandboxError> {

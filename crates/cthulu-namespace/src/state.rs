@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::Path;
 
-use cthulu_types::{SandboxId, SandboxStatus};
+use cthulu_types::{ExposedPort, SandboxId, SandboxStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::SandboxCgroups;
@@ -32,6 +32,9 @@ pub(crate) struct SandboxState {
     pub ids: Option<IdMapping>,
     #[serde(default)]
     pub cgroups: SandboxCgroups,
+    /// Exposed ports and their host addresses (forwarders are started again on attach).
+    #[serde(default)]
+    pub ports: Vec<ExposedPort>,
 }
 
 /// The sandbox's init as the host sees it. The start time tells it apart from a later
@@ -111,6 +114,7 @@ impl SandboxState {
             init,
             ids: Some(ids),
             cgroups,
+            ports: Vec::new(),
         }
     }
 

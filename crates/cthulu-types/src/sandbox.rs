@@ -182,6 +182,18 @@ impl SandboxStatus {
         }
     }
 
+    /// Reading operations (listing processes, ports, checkpoints; attaching) are allowed
+    /// while the sandbox exists, running or stopped; otherwise the refusal names exec.
+    pub fn check_exists(self) -> Result<(), InvalidTransition> {
+        match self {
+            SandboxStatus::Running | SandboxStatus::Stopped => Ok(()),
+            status => Err(InvalidTransition {
+                operation: Operation::Exec,
+                status,
+            }),
+        }
+    }
+
     /// The status after `operation` succeeds.
     pub fn after(self, operation: Operation) -> Result<SandboxStatus, InvalidTransition> {
         self.check(operation)?;

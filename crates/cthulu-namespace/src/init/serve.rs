@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
@@ -149,6 +149,22 @@ fn handle(
             let _ = answer(&connection, &Response::Refused { message });
             Flow::Continue
         }
+        Request::Connect { port } => {
+            let _ = match connect_inside(port) {
+                Ok((socket, in_progress)) => protocol::send(
+                    &connection,
+                    &Response::Connected { in_progress },
+                    &[socket.as_fd()],
+                ),
+                Err(errno) => answer(
+                    &connection,
+                    &Response::ConnectFailed {
+                        errno: errno.raw_os_error(),
+                    },
+                ),
+            };
+            Flow::Continue
+        }
         Request::Shutdown => {
             // SAFETY: kill(-1) from PID 1 signals every other process of its pid namespace
             // (only those: it cannot see others); no memory is involved.
@@ -157,6 +173,53 @@ fn handle(
             Flow::Shutdown
         }
     }
+}
+
+/// How long init waits for a loopback connect to complete before handing the socket over
+/// still connecting. Loopback answers within microseconds; only a listener whose backlog
+/// is full stalls, and that must not stall init for long.
+const CONNECT_WAIT: Duration = Duration::from_millis(20);
+
+/// A non-blocking TCP connection to `port` on loopback (IPv4, then IPv6), and whether it is
+/// still in progress.
+fn connect_inside(port: u16) -> Result<(OwnedFd, bool), rustix::io::Errno> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let mut last = rustix::io::Errno::CONNREFUSED;
+    for ip in [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ] {
+        let family = match ip {
+            IpAddr::V4(_) => AddressFamily::INET,
+            IpAddr::V6(_) => AddressFamily::INET6,
+        };
+        let socket = rustix::net::socket_with(
+            family,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None,
+        )?;
+        match rustix::net::connect(&socket, &SocketAddr::new(ip, port)) {
+            Ok(()) => return Ok((socket, false)),
+            Err(rustix::io::Errno::INPROGRESS) => {}
+            Err(errno) => {
+                last = errno;
+                continue;
+            }
+        }
+        let mut fds = [PollFd::new(&socket, PollFlags::OUT)];
+        let timeout = rustix::event::Timespec::try_from(CONNECT_WAIT).expect("a short wait");
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => return Ok((socket, true)),
+            Ok(_) => match rustix::net::sockopt::socket_error(&socket)? {
+                Ok(()) => return Ok((socket, false)),
+                Err(errno) => last = errno,
+            },
+            Err(errno) => return Err(errno),
+        }
+    }
+    Err(last)
 }
 
 fn answer(connection: &UnixStream, response: &Response) -> io::Result<()> {

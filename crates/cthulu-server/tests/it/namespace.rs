@@ -1,6 +1,6 @@
 //! The namespace backend through the API: listed in /api/v1/info, sandboxes created with
-//! limits, exec isolated, limits it cannot enforce refused by name, and found again by a
-//! restarted server.
+//! limits, exec isolated, a port exposed, limits it cannot enforce refused by name, and
+//! found again (ports included) by a restarted server.
 
 use cthulu_test_support::TestServer;
 use serde_json::{json, Value};
@@ -24,6 +24,47 @@ async fn namespace_info(api: &Api) -> Option<Value> {
         return None;
     }
     Some(backend)
+}
+
+/// Exposes `port`, retrying while the sandbox's server is not yet listening; its host
+/// address.
+async fn expose(api: &Api, sandbox_id: &str, port: u16) -> String {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, exposed) = api
+            .post(
+                &format!("/api/v1/sandboxes/{sandbox_id}/ports"),
+                json!({"port": port}),
+            )
+            .await;
+        if status == 200 {
+            return exposed["host_address"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            status == 400 && tokio::time::Instant::now() < deadline,
+            "{status} {exposed}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The whole HTTP/1.0 response to `GET path` at `address`.
+async fn http_get(address: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("the forwarded connection answers")
+    .unwrap();
+    response
 }
 
 #[tokio::test]
@@ -69,6 +110,15 @@ async fn namespace_sandboxes_run_isolated_and_survive_a_restart() {
         "echo kept > note.txt; sleep 1000 >/dev/null 2>&1 &",
     )
     .await;
+    // A server on the sandbox's own loopback, exposed on the host's.
+    let port = 8000;
+    api.shell(
+        &sandbox_id,
+        &format!("python3 -m http.server {port} --bind 127.0.0.1 >/dev/null 2>&1 &"),
+    )
+    .await;
+    let address = expose(&api, &sandbox_id, port).await;
+    assert!(http_get(&address, "/note.txt").await.ends_with("kept\n"));
 
     let server = server.restart().await;
     let api = Api::new(&server);
@@ -77,6 +127,14 @@ async fn namespace_sandboxes_run_isolated_and_survive_a_restart() {
     assert_eq!(sandbox["status"], "running");
     let result = api.shell(&sandbox_id, "cat note.txt; pgrep -c sleep").await;
     assert_eq!(result["stdout"], "kept\n1\n", "{result}");
+    let (_, listed) = api
+        .get(&format!("/api/v1/sandboxes/{sandbox_id}/ports"))
+        .await;
+    let address = listed["ports"][0]["host_address"].as_str().unwrap();
+    assert!(
+        http_get(address, "/note.txt").await.ends_with("kept\n"),
+        "the exposed port forwards again after the restart"
+    );
     let (status, _) = api.delete(&format!("/api/v1/sandboxes/{sandbox_id}")).await;
     assert_eq!(status, 204);
 }
