@@ -10,3 +10,4 @@ mod lifecycle;
 mod limits;
 mod ports;
 mod support;
+mod unprivileged;
