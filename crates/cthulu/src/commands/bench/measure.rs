@@ -280,6 +280,7 @@ impl BackendBench<'_> {
     /// the first failure, which is returned beside the measurement.
     async fn idle_memory(&self) -> anyhow::Result<(IdleMemory, Option<String>)> {
         let before = resident_kib()?;
+        let machine_before = machine_used_kib()?;
         let bar = progress(u64::from(self.idle_sandboxes));
         let mut created = Vec::new();
         let mut failure = None;
@@ -306,7 +307,15 @@ impl BackendBench<'_> {
         // Let anything the creates started settle before reading the RSS.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after = resident_kib()?;
+        let machine_after = machine_used_kib()?;
         let count = created.len() as u32;
+        let per_sandbox = |before: u64, after: u64| {
+            if count == 0 {
+                0.0
+            } else {
+                after.saturating_sub(before) as f64 / f64::from(count)
+            }
+        };
         futures_util::stream::iter(created)
             .for_each_concurrent(PARALLEL_CREATES, |sandbox_id| async move {
                 if let Err(error) = self.client.delete_sandbox(&sandbox_id).await {
@@ -320,11 +329,10 @@ impl BackendBench<'_> {
                 created: count,
                 server_rss_before_kib: before,
                 server_rss_after_kib: after,
-                kib_per_sandbox: if count == 0 {
-                    0.0
-                } else {
-                    after.saturating_sub(before) as f64 / f64::from(count)
-                },
+                kib_per_sandbox: per_sandbox(before, after),
+                machine_used_before_kib: machine_before,
+                machine_used_after_kib: machine_after,
+                machine_kib_per_sandbox: per_sandbox(machine_before, machine_after),
             },
             failure,
         ))
@@ -364,13 +372,24 @@ fn cycle_reader(pattern: Vec<u8>, total: u64) -> impl tokio::io::AsyncRead + Sen
 
 /// This process's resident set size, from `/proc/self/status`.
 fn resident_kib() -> anyhow::Result<u64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+    kib_field("/proc/self/status", "VmRSS")
+}
+
+/// Memory in use on the machine (`MemTotal - MemAvailable` of `/proc/meminfo`): counts
+/// what the sandboxes' own processes hold too, not only the server.
+fn machine_used_kib() -> anyhow::Result<u64> {
+    let total = kib_field("/proc/meminfo", "MemTotal")?;
+    let available = kib_field("/proc/meminfo", "MemAvailable")?;
+    Ok(total.saturating_sub(available))
+}
+
+/// The value of a `Name:   1234 kB` line of a proc file.
+fn kib_field(path: &str, name: &str) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc/self/status")
+        .with_context(|| format!("no {name} in {path}"))
 }
 
 #[cfg(test)]
@@ -389,5 +408,7 @@ mod tests {
     #[test]
     fn resident_memory_is_readable() {
         assert!(resident_kib().unwrap() > 0);
+        let used = machine_used_kib().unwrap();
+        assert!(used > 0 && used < kib_field("/proc/meminfo", "MemTotal").unwrap());
     }
 }

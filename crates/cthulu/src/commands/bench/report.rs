@@ -81,7 +81,9 @@ impl Throughput {
     }
 }
 
-/// Resident memory of the server process per idle sandbox.
+/// Memory per idle sandbox: what the server process holds for it, and what the whole
+/// machine spends on it (the server plus the sandbox's own processes, such as a namespace
+/// sandbox's init or a VM: `MemTotal - MemAvailable` before and after).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct IdleMemory {
     pub requested: u32,
@@ -89,6 +91,9 @@ pub struct IdleMemory {
     pub server_rss_before_kib: u64,
     pub server_rss_after_kib: u64,
     pub kib_per_sandbox: f64,
+    pub machine_used_before_kib: u64,
+    pub machine_used_after_kib: u64,
+    pub machine_kib_per_sandbox: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -150,8 +155,12 @@ impl BenchReport {
                 "idle memory",
                 backend.idle_memory.map(|memory| {
                     format!(
-                        "{:.1} KiB per sandbox ({} of {} created)",
-                        memory.kib_per_sandbox, memory.created, memory.requested
+                        "{:.0} KiB per sandbox on the machine, {:.1} KiB of it in the server \
+                         ({} of {} created)",
+                        memory.machine_kib_per_sandbox,
+                        memory.kib_per_sandbox,
+                        memory.created,
+                        memory.requested
                     )
                 }),
             );
