@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cthulu_core::{ExecOutput, ExecSpec, SandboxHandle, SandboxProvider, SandboxSpec};
+use cthulu_host::ShimCommand;
 use cthulu_namespace::{InitCommand, NamespaceConfig, NamespaceProvider};
 use cthulu_types::SandboxId;
 
@@ -39,6 +40,10 @@ impl Fixture {
             root,
             init: InitCommand {
                 program: env!("CARGO_BIN_EXE_cthulu-ns-init").into(),
+                args: Vec::new(),
+            },
+            shim: ShimCommand {
+                program: env!("CARGO_BIN_EXE_cthulu-ns-shim").into(),
                 args: Vec::new(),
             },
         })
