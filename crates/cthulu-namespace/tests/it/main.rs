@@ -8,4 +8,5 @@ mod hardening;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod processes;
 mod support;
