@@ -14,8 +14,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use cthulu_core::{ExecSpec, ExecStream, ExitInfo, SandboxError};
-use cthulu_types::sandbox::Operation;
-use cthulu_types::{ProcessInfo, ProcessState, Signal};
+use cthulu_types::sandbox::{InvalidTransition, Operation};
+use cthulu_types::{ProcessInfo, ProcessState, SandboxStatus, Signal};
 use tokio::io::AsyncBufReadExt;
 
 use crate::command::{compose_env, host_var};
@@ -57,6 +57,19 @@ pub trait ProcessStore: Send + Sync {
     fn add_record(&self, record: ProcessRecord) -> Result<(), SandboxError>;
     /// Forgets the records of these processes (their directories go separately).
     fn forget_records(&self, process_ids: &[String]) -> Result<(), SandboxError>;
+}
+
+/// Reading operations (listing processes, ports, checkpoints; attaching) are allowed
+/// while the sandbox exists, running or stopped: the refusal otherwise.
+pub fn check_exists(status: SandboxStatus) -> Result<(), SandboxError> {
+    match status {
+        SandboxStatus::Running | SandboxStatus::Stopped => Ok(()),
+        status => Err(InvalidTransition {
+            operation: Operation::Exec,
+            status,
+        }
+        .into()),
+    }
 }
 
 /// `<sandbox>/procs/<process_id>`.

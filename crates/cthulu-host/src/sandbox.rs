@@ -61,17 +61,9 @@ impl Inner {
         Ok(self.status().check(operation)?)
     }
 
-    /// Reading operations (listing processes, ports, checkpoints; attaching) are allowed
-    /// while the sandbox exists, running or stopped.
+    /// See [`crate::processes::check_exists`].
     pub fn check_exists(&self) -> Result<(), SandboxError> {
-        match self.status() {
-            SandboxStatus::Running | SandboxStatus::Stopped => Ok(()),
-            status => Err(InvalidTransition {
-                operation: Operation::Exec,
-                status,
-            }
-            .into()),
-        }
+        crate::processes::check_exists(self.status())
     }
 }
 

@@ -9,9 +9,9 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -80,6 +80,29 @@ pub(crate) fn give_to_sandbox_root<'a>(
     }
 }
 
+/// Init's first answer to an exec request, and the descriptors that came with it.
+pub(crate) type Answer = (Response, Vec<OwnedFd>);
+
+/// Connects to init at `socket`, sends the exec `request` with the command's stdin,
+/// stdout and stderr (`None` on a terminal, which init opens) and waits for init's
+/// answer: the connection, the answer and the descriptors that came with it (`None` if
+/// init closed the connection).
+pub(crate) fn request_exec(
+    socket: &Path,
+    request: &Request,
+    stdio: Option<[OwnedFd; 3]>,
+) -> io::Result<(UnixStream, Option<Answer>)> {
+    let mut connection = UnixStream::connect(socket)?;
+    let fds: Vec<BorrowedFd<'_>> = stdio.iter().flatten().map(AsFd::as_fd).collect();
+    protocol::send(&connection, request, &fds)?;
+    drop(fds);
+    // Only the command holds its ends now: EOF comes when it (and its children) close
+    // them.
+    drop(stdio);
+    let answer = protocol::receive::<Response>(&mut connection)?;
+    Ok((connection, answer))
+}
+
 fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
     rustix::pipe::pipe_with(PipeFlags::CLOEXEC)
         .map_err(|errno| SandboxError::system("create a pipe", errno.into()))
@@ -132,29 +155,16 @@ impl NamespaceSandbox {
         let oom_kills_before = self.cgroups.oom_kills();
         let socket = self.socket.clone();
         let (connection, response) = blocking("exec", move || {
-            let connect = || -> io::Result<(UnixStream, Option<Response>)> {
-                let mut connection = UnixStream::connect(&socket)?;
-                protocol::send(
-                    &connection,
-                    &request,
-                    &[
-                        stdin_read.as_fd(),
-                        stdout_write.as_fd(),
-                        stderr_write.as_fd(),
-                    ],
-                )?;
-                // Only the command holds the write ends now: EOF comes when it (and its
-                // children) close them.
-                drop((stdin_read, stdout_write, stderr_write));
-                let response = protocol::receive::<Response>(&mut connection)?;
-                Ok((connection, response.map(|(response, _)| response)))
-            };
-            connect()
-                .map_err(|error| SandboxError::io("reach the sandbox's init at", &socket, error))
+            request_exec(
+                &socket,
+                &request,
+                Some([stdin_read, stdout_write, stderr_write]),
+            )
+            .map_err(|error| SandboxError::io("reach the sandbox's init at", &socket, error))
         })
         .await
         .map_err(|error| self.init_gone().unwrap_or(error))?;
-        match response {
+        match response.map(|(response, _)| response) {
             Some(Response::Started { .. }) => {}
             Some(Response::StartFailed { errno, during }) => {
                 return Err(start_error(spec, &cwd, errno, during))

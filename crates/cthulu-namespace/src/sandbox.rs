@@ -13,7 +13,7 @@ use cthulu_core::{
     ByteReader, ExecOutput, ExecSpec, ExecStream, FileDownload, PutOptions, SandboxError,
     SandboxHandle,
 };
-use cthulu_types::sandbox::{InvalidTransition, Operation};
+use cthulu_types::sandbox::Operation;
 use cthulu_types::{
     BackendKind, Capabilities, Checkpoint, CheckpointRequest, DirEntry, ExposedPort, ProcessInfo,
     SandboxId, SandboxStatus, Signal,
@@ -191,14 +191,8 @@ impl ProcessStore for NamespaceSandbox {
     /// Readable while the sandbox exists, running or stopped.
     fn records(&self) -> Result<Vec<ProcessRecord>, SandboxError> {
         let state = self.lock();
-        match state.status {
-            SandboxStatus::Running | SandboxStatus::Stopped => Ok(state.processes.clone()),
-            status => Err(InvalidTransition {
-                operation: Operation::Exec,
-                status,
-            }
-            .into()),
-        }
+        processes::check_exists(state.status)?;
+        Ok(state.processes.clone())
     }
 
     /// A stop or destroy since the start needs nothing here: the freezer holds the new

@@ -17,7 +17,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,7 +29,7 @@ use cthulu_host::shim::{Ended, Launcher, Process, SpawnError, Spawned, Stdin};
 use rustix::pipe::PipeFlags;
 
 use crate::cgroup::SandboxCgroups;
-use crate::exec::give_to_sandbox_root;
+use crate::exec::{give_to_sandbox_root, request_exec};
 use crate::init::SOCKET_FILE;
 use crate::protocol::{self, ExecRequest, Request, Response, StartStep};
 use crate::state::SandboxState;
@@ -41,19 +41,26 @@ const OUTPUT_PIPE_BYTES: usize = 1 << 20;
 /// process directory.
 pub fn main(args: Vec<OsString>) -> ExitCode {
     cthulu_host::shim::run_with(args, |process_dir| {
-        NamespaceLauncher::for_process_dir(process_dir)
-            .map(|launcher| Box::new(launcher) as Box<dyn Launcher>)
+        Box::new(NamespaceLauncher {
+            sandbox: Sandbox::of_process_dir(process_dir),
+        })
     })
 }
 
 /// Starts the shim's process through the init of the sandbox the process directory is in.
 struct NamespaceLauncher {
+    /// Why there is none, if there is none.
+    sandbox: Result<Sandbox, String>,
+}
+
+/// The sandbox of the shim's process directory.
+struct Sandbox {
     socket: PathBuf,
     state: SandboxState,
 }
 
-impl NamespaceLauncher {
-    fn for_process_dir(process_dir: &Path) -> Result<NamespaceLauncher, String> {
+impl Sandbox {
+    fn of_process_dir(process_dir: &Path) -> Result<Sandbox, String> {
         let sandbox_dir = process_dir
             .parent()
             .and_then(Path::parent)
@@ -66,7 +73,7 @@ impl NamespaceLauncher {
             })?;
         let state = SandboxState::load(sandbox_dir)
             .map_err(|error| format!("reading the sandbox's state: {error}"))?;
-        Ok(NamespaceLauncher {
+        Ok(Sandbox {
             socket: sandbox_dir.join(SOCKET_FILE),
             state,
         })
@@ -100,6 +107,10 @@ fn start_failure(spec: &ShimSpec, errno: i32, during: StartStep) -> SpawnError {
 
 impl Launcher for NamespaceLauncher {
     fn spawn(&self, spec: &ShimSpec) -> Result<Spawned, SpawnError> {
+        let sandbox = self
+            .sandbox
+            .as_ref()
+            .map_err(|message| SpawnError::other("find the sandbox", message))?;
         let request = Request::Exec(ExecRequest {
             argv: spec.argv.clone(),
             env: spec.env.clone().into_iter().collect(),
@@ -108,51 +119,38 @@ impl Launcher for NamespaceLauncher {
         });
         let unreachable = |error: io::Error| {
             SpawnError::other(
-                &format!("reach the sandbox's init at {}", self.socket.display()),
+                &format!("reach the sandbox's init at {}", sandbox.socket.display()),
                 error,
             )
         };
-        let mut connection = UnixStream::connect(&self.socket).map_err(unreachable)?;
-        let oom_kills_before = self.state.cgroups.oom_kills();
-        // What the process reads and writes, as the shim holds it.
-        let (stdin, outputs) = if spec.tty.is_some() {
-            protocol::send(&connection, &request, &[]).map_err(unreachable)?;
-            (None, Vec::new())
+        let oom_kills_before = sandbox.state.cgroups.oom_kills();
+        // What the process reads and writes (the shim's ends), and what init gets.
+        let (stdin, outputs, stdio) = if spec.tty.is_some() {
+            (None, Vec::new(), None)
         } else {
             let (stdin_read, stdin_write) = pipe()?;
             let (stdout_read, stdout_write) = pipe()?;
             let (stderr_read, stderr_write) = pipe()?;
             give_to_sandbox_root(
-                self.state.root_outside(),
+                sandbox.state.root_outside(),
                 [&stdin_read, &stdout_write, &stderr_write],
             );
             for read_end in [&stdout_read, &stderr_read] {
                 let _ = rustix::pipe::fcntl_setpipe_size(read_end, OUTPUT_PIPE_BYTES);
             }
-            protocol::send(
-                &connection,
-                &request,
-                &[
-                    stdin_read.as_fd(),
-                    stdout_write.as_fd(),
-                    stderr_write.as_fd(),
-                ],
-            )
-            .map_err(unreachable)?;
-            // Only the process holds its ends now: EOF comes when it (and its children)
-            // close them.
-            drop((stdin_read, stdout_write, stderr_write));
             (
                 Some(Stdin::Pipe(File::from(stdin_write))),
                 vec![
                     (Channel::Stdout, File::from(stdout_read)),
                     (Channel::Stderr, File::from(stderr_read)),
                 ],
+                Some([stdin_read, stdout_write, stderr_write]),
             )
         };
-        let (response, mut fds) = protocol::receive::<Response>(&mut connection)
-            .map_err(unreachable)?
-            .ok_or_else(|| unreachable(io::Error::other("init closed the connection")))?;
+        let (connection, answer) =
+            request_exec(&sandbox.socket, &request, stdio).map_err(unreachable)?;
+        let (response, mut fds) =
+            answer.ok_or_else(|| unreachable(io::Error::other("init closed the connection")))?;
         let pid = match response {
             Response::Started { pid } => pid,
             Response::StartFailed { errno, during } => {
@@ -185,7 +183,7 @@ impl Launcher for NamespaceLauncher {
                 pid,
                 to_init: Mutex::new(connection),
                 from_init: Mutex::new(Some(reader)),
-                cgroups: self.state.cgroups.clone(),
+                cgroups: sandbox.state.cgroups.clone(),
                 oom_kills_before,
             }),
             stdin,

@@ -65,22 +65,19 @@ pub enum ShimError {
 /// The shim program. `args` are its arguments without the program name (and without the
 /// `__shim` subcommand): exactly one, the process directory.
 pub fn run(args: Vec<OsString>) -> ExitCode {
-    run_with(args, |_| Ok(Box::new(LocalLauncher)))
+    run_with(args, |_| Box::new(LocalLauncher))
 }
 
-/// The shim program with the launcher `launcher` makes for the process directory (the
-/// launcher may refuse it; its error then ends the shim).
+/// The shim program with the launcher `launcher` makes for the process directory (a
+/// launcher that cannot serve it says so when asked to spawn, so the server hears why).
 pub fn run_with(
     args: Vec<OsString>,
-    launcher: impl FnOnce(&std::path::Path) -> Result<Box<dyn Launcher>, String>,
+    launcher: impl FnOnce(&std::path::Path) -> Box<dyn Launcher>,
 ) -> ExitCode {
     let result = match <[OsString; 1]>::try_from(args) {
         Ok([process_dir]) => {
             let process_dir = PathBuf::from(process_dir);
-            match launcher(&process_dir) {
-                Ok(launcher) => server::serve(&process_dir, launcher.as_ref()),
-                Err(message) => Err(ShimError::Spawn { message }),
-            }
+            server::serve(&process_dir, launcher(&process_dir).as_ref())
         }
         Err(_) => Err(ShimError::Usage),
     };

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cthulu_core::{ExecEvent, ExecSpec, ExecStream, ExitInfo, SandboxProvider, SandboxSpec};
+use cthulu_core::{ExecEvent, ExecSpec, ExecStream, ExitInfo};
 use cthulu_types::{ProcessState, PtySize, Signal};
 
 use crate::support::{alive, sh_ok, Fixture};
@@ -208,12 +208,7 @@ async fn a_detached_process_survives_a_restart_and_is_reattached() {
     drop(stream);
     drop(handle);
 
-    // A new provider on the same root, as a restarted server makes it.
-    let restarted = fixture.restarted();
-    let handle = restarted
-        .attach(&sandbox_id, &SandboxSpec::default())
-        .await
-        .unwrap();
+    let handle = fixture.reattached(&sandbox_id).await;
     let listed = handle.list_processes().await.unwrap();
     let info = listed
         .iter()

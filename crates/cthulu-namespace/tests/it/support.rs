@@ -55,6 +55,15 @@ impl Fixture {
         Fixture::provider_on(self.provider.root().to_owned())
     }
 
+    /// The sandbox as a restarted server finds it: attached by a new provider on the
+    /// same root.
+    pub async fn reattached(&self, sandbox_id: &SandboxId) -> Arc<dyn SandboxHandle> {
+        self.restarted()
+            .attach(sandbox_id, &SandboxSpec::default())
+            .await
+            .expect("attaching after a restart")
+    }
+
     pub async fn sandbox(&self) -> (SandboxId, Arc<dyn SandboxHandle>) {
         let sandbox_id = SandboxId::generate();
         let handle = self
