@@ -12,6 +12,7 @@ use cthulu_types::{
     SandboxId, SandboxStatus, Signal,
 };
 
+use crate::processes;
 use crate::sandbox::HostSandbox;
 use crate::{files, ports};
 
@@ -48,15 +49,15 @@ impl SandboxHandle for HostSandbox {
     }
 
     async fn list_processes(&self) -> Result<Vec<ProcessInfo>, SandboxError> {
-        self.process_list().await
+        processes::list(self).await
     }
 
     async fn attach_process(&self, process_id: &str) -> Result<Box<dyn ExecStream>, SandboxError> {
-        self.attach_to(process_id).await
+        processes::attach(self, process_id).await
     }
 
     async fn signal_process(&self, process_id: &str, signal: Signal) -> Result<(), SandboxError> {
-        self.signal_to(process_id, signal).await
+        processes::signal(self, process_id, signal).await
     }
 
     async fn put_file(

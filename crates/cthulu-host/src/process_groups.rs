@@ -1,6 +1,7 @@
 //! Signalling the processes of a sandbox: whole process groups (every command runs in one
 //! of its own), whole sessions (a PTY's shell moves jobs into groups of their own), and a
-//! `/proc` sweep for stragglers. Used by the handle and by the shim.
+//! `/proc` sweep for stragglers. Used by the handle and by the shim, and by the namespace
+//! backend's init (inside a sandbox, `/proc` shows only the sandbox's processes).
 
 use std::io;
 use std::path::Path;
@@ -26,7 +27,7 @@ fn target_and_signal(raw: i32, signal: i32) -> io::Result<(Pid, Signal)> {
 
 /// Sends `signal` (a raw number) to process group `pgid`. `Ok(false)` when the group no
 /// longer exists.
-pub(crate) fn signal_group(pgid: i32, signal: i32) -> io::Result<bool> {
+pub fn signal_group(pgid: i32, signal: i32) -> io::Result<bool> {
     let (pid, signal) = target_and_signal(pgid, signal)?;
     match rustix::process::kill_process_group(pid, signal) {
         Ok(()) => Ok(true),
@@ -79,7 +80,7 @@ pub(crate) fn start_ticks(pid: i32) -> Option<u64> {
 
 /// Sends `signal` to every process of session `sid` (found through `/proc`), and to the
 /// group `sid` itself. Returns how many processes were signalled.
-pub(crate) fn signal_session(sid: i32, signal: i32) -> usize {
+pub fn signal_session(sid: i32, signal: i32) -> usize {
     let mut signalled = usize::from(signal_group(sid, signal).unwrap_or(false));
     for (pid, stat) in proc_stats() {
         if stat.session == sid && stat.pgid != sid && signal_process(pid, signal).is_ok() {

@@ -21,7 +21,7 @@ use crate::config::ShimCommand;
 use crate::ports::Forwarders;
 use crate::process_groups::{self, group_alive, reaped_group_is_ours, signal_group};
 use crate::shim::records::{PidRecord, EXIT_FILE, PID_FILE};
-use crate::state::{ProcessRecord, SandboxState, PROCS_DIR, WORKSPACE_DIR};
+use crate::state::{ProcessRecord, SandboxState, WORKSPACE_DIR};
 use crate::workspace::Workspace;
 
 /// How long destroy lets shims report their killed processes to attached clients.
@@ -61,8 +61,7 @@ impl Inner {
         Ok(self.status().check(operation)?)
     }
 
-    /// Reading operations (listing processes, ports, checkpoints; attaching) are allowed
-    /// while the sandbox exists, running or stopped.
+    /// See [`crate::processes::check_exists`].
     pub fn check_exists(&self) -> Result<(), SandboxError> {
         Ok(self.status().check_exists()?)
     }
@@ -130,7 +129,7 @@ impl HostSandbox {
     }
 
     pub(crate) fn process_dir(&self, process_id: &str) -> PathBuf {
-        self.dir.join(PROCS_DIR).join(process_id)
+        crate::processes::process_dir(&self.dir, process_id)
     }
 
     /// Adds a just-started one-shot exec group. If the sandbox was stopped or destroyed
@@ -291,39 +290,14 @@ impl HostSandbox {
             }
             inner.destroyed = true;
             inner.forwarders.clear();
-            let shims: Vec<(i32, PathBuf)> = inner
-                .state
-                .processes
-                .iter()
-                .filter_map(|record| {
-                    let process_dir = self.process_dir(&record.process_id);
-                    let shim_pid = record
-                        .shim_pid
-                        .or_else(|| pid_record(&process_dir).map(|pids| pids.shim_pid))?;
-                    Some((shim_pid, process_dir))
-                })
-                .collect();
+            let shims = crate::processes::shims_of(&self.dir, &inner.state.processes);
             (self.groups(&inner), shims)
         };
         for group in groups {
             signal(group, libc::SIGKILL);
         }
-        // Their processes dead, the shims tell attached clients how they ended and exit;
-        // give them a moment to, then kill whichever is still there.
-        let deadline = tokio::time::Instant::now() + SHIM_EXIT_GRACE;
-        let mut shims = shims;
-        loop {
-            shims.retain(|(shim_pid, process_dir)| {
-                process_groups::is_shim_of(*shim_pid, process_dir)
-            });
-            if shims.is_empty() || tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        for (shim_pid, _) in shims {
-            let _ = process_groups::signal_process(shim_pid, libc::SIGKILL);
-        }
+        // Their processes dead, the shims tell attached clients how they ended and exit.
+        crate::processes::end_shims(shims, SHIM_EXIT_GRACE).await;
         let dir = self.dir.clone();
         crate::files::blocking("destroy", move || remove_sandbox_dir(&dir)).await
     }

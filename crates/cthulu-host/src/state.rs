@@ -34,7 +34,7 @@ pub(crate) struct SandboxState {
 
 /// A process started by `exec_stream`. How it ended is in its directory's `exit.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ProcessRecord {
+pub struct ProcessRecord {
     pub process_id: String,
     pub command: String,
     pub detached: bool,
@@ -86,12 +86,6 @@ impl SandboxState {
     pub fn save(&self, sandbox_dir: &Path) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).expect("sandbox state serializes");
         write_durable(&sandbox_dir.join(STATE_FILE), &bytes)
-    }
-
-    pub fn process(&self, process_id: &str) -> Option<&ProcessRecord> {
-        self.processes
-            .iter()
-            .find(|record| record.process_id == process_id)
     }
 }
 

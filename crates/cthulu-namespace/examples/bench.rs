@@ -35,11 +35,12 @@ async fn main() {
         .and_then(|runs| runs.parse().ok())
         .unwrap_or(50);
     let exe = std::env::current_exe().expect("own path");
-    let init = exe
+    let target = exe
         .parent()
         .and_then(|examples| examples.parent())
-        .expect("target directory")
-        .join("cthulu-ns-init");
+        .expect("target directory");
+    let init = target.join("cthulu-ns-init");
+    let shim = target.join("cthulu-ns-shim");
     let state = tempfile::Builder::new()
         .prefix("cthulu-namespace-bench-")
         .tempdir()
@@ -48,6 +49,10 @@ async fn main() {
         root: state.path().join("sandboxes"),
         init: InitCommand {
             program: init,
+            args: Vec::new(),
+        },
+        shim: cthulu_host::ShimCommand {
+            program: shim,
             args: Vec::new(),
         },
     })

@@ -18,4 +18,8 @@ pub struct NamespaceConfig {
     /// `$CTHULU_HOME/sandboxes/namespace`). Created if missing.
     pub root: PathBuf,
     pub init: InitCommand,
+    /// How to start the shim of a streamed process: `program args... <process dir>`. In
+    /// production the `cthulu` binary with `args = ["__ns-shim"]`; tests use the
+    /// `cthulu-ns-shim` binary of this crate (see [`crate::shim`]).
+    pub shim: cthulu_host::ShimCommand,
 }

@@ -2,19 +2,22 @@
 //! forks the command inside every namespace, in a process group of its own, and reports
 //! its exit on the same connection. Output is read into capped buffers exactly as on the
 //! host backend: a stream past its cap is closed, so endless output ends the command.
+//!
+//! Streaming exec (pipes or a PTY, attached or detached) runs under a process shim
+//! ([`crate::shim`]) that asks init the same way, so the process outlives the stream and
+//! the server, and is listed and re-attached like the host backend's.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cthulu_core::path::display_path;
 use cthulu_core::{ExecEvent, ExecOutput, ExecSpec, ExecStream, ExitInfo, SandboxError};
 use cthulu_types::sandbox::Operation;
-use cthulu_types::{PtySize, Signal};
 use rustix::pipe::PipeFlags;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
@@ -22,7 +25,9 @@ use crate::cgroup::SandboxCgroups;
 use crate::protocol::{self, ExecRequest, Request, Response, StartStep};
 use crate::sandbox::NamespaceSandbox;
 use cthulu_host::files::blocking;
-use cthulu_host::workspace::{map_errno, open_dir_beneath};
+use cthulu_host::processes;
+use cthulu_host::shim::records::ShimSpec;
+use cthulu_host::workspace::{map_errno, open_dir_beneath, Owner};
 
 /// How long to keep reading after the program exited: a backgrounded child may hold the
 /// pipes open, and the exec must not wait for it.
@@ -58,6 +63,46 @@ pub(crate) fn compose_env(
     env
 }
 
+/// Pipes belong to their creator, the server: `/dev/stdout` (a reopen through
+/// /proc/self/fd) needs the command's ends to be the sandbox's root's.
+pub(crate) fn give_to_sandbox_root<'a>(
+    owner: Option<Owner>,
+    fds: impl IntoIterator<Item = &'a OwnedFd>,
+) {
+    if let Some(owner) = owner {
+        for fd in fds {
+            let _ = rustix::fs::fchown(
+                fd,
+                Some(rustix::fs::Uid::from_raw(owner.uid)),
+                Some(rustix::fs::Gid::from_raw(owner.gid)),
+            );
+        }
+    }
+}
+
+/// Init's first answer to an exec request, and the descriptors that came with it.
+pub(crate) type Answer = (Response, Vec<OwnedFd>);
+
+/// Connects to init at `socket`, sends the exec `request` with the command's stdin,
+/// stdout and stderr (`None` on a terminal, which init opens) and waits for init's
+/// answer: the connection, the answer and the descriptors that came with it (`None` if
+/// init closed the connection).
+pub(crate) fn request_exec(
+    socket: &Path,
+    request: &Request,
+    stdio: Option<[OwnedFd; 3]>,
+) -> io::Result<(UnixStream, Option<Answer>)> {
+    let mut connection = UnixStream::connect(socket)?;
+    let fds: Vec<BorrowedFd<'_>> = stdio.iter().flatten().map(AsFd::as_fd).collect();
+    protocol::send(&connection, request, &fds)?;
+    drop(fds);
+    // Only the command holds its ends now: EOF comes when it (and its children) close
+    // them.
+    drop(stdio);
+    let answer = protocol::receive::<Response>(&mut connection)?;
+    Ok((connection, answer))
+}
+
 fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
     rustix::pipe::pipe_with(PipeFlags::CLOEXEC)
         .map_err(|errno| SandboxError::system("create a pipe", errno.into()))
@@ -91,6 +136,7 @@ impl NamespaceSandbox {
             argv: spec.command.to_argv(),
             env: env.into_iter().collect(),
             cwd: cwd.clone(),
+            tty: None,
         });
         let (stdin_read, stdin_write) = if piped_stdin {
             let (read, write) = pipe()?;
@@ -102,44 +148,24 @@ impl NamespaceSandbox {
         };
         let (stdout_read, stdout_write) = pipe()?;
         let (stderr_read, stderr_write) = pipe()?;
-        // Pipes belong to their creator, the server: `/dev/stdout` (a reopen through
-        // /proc/self/fd) needs them to be the sandbox's root's.
-        if let Some(owner) = self.workspace.owner() {
-            for fd in [&stdin_read, &stdout_write, &stderr_write] {
-                let _ = rustix::fs::fchown(
-                    fd,
-                    Some(rustix::fs::Uid::from_raw(owner.uid)),
-                    Some(rustix::fs::Gid::from_raw(owner.gid)),
-                );
-            }
-        }
+        give_to_sandbox_root(
+            self.workspace.owner(),
+            [&stdin_read, &stdout_write, &stderr_write],
+        );
         let oom_kills_before = self.cgroups.oom_kills();
         let socket = self.socket.clone();
         let (connection, response) = blocking("exec", move || {
-            let connect = || -> io::Result<(UnixStream, Option<Response>)> {
-                let mut connection = UnixStream::connect(&socket)?;
-                protocol::send(
-                    &connection,
-                    &request,
-                    &[
-                        stdin_read.as_fd(),
-                        stdout_write.as_fd(),
-                        stderr_write.as_fd(),
-                    ],
-                )?;
-                // Only the command holds the write ends now: EOF comes when it (and its
-                // children) close them.
-                drop((stdin_read, stdout_write, stderr_write));
-                let response = protocol::receive::<Response>(&mut connection)?;
-                Ok((connection, response.map(|(response, _)| response)))
-            };
-            connect()
-                .map_err(|error| SandboxError::io("reach the sandbox's init at", &socket, error))
+            request_exec(
+                &socket,
+                &request,
+                Some([stdin_read, stdout_write, stderr_write]),
+            )
+            .map_err(|error| SandboxError::io("reach the sandbox's init at", &socket, error))
         })
         .await
         .map_err(|error| self.init_gone().unwrap_or(error))?;
-        let pid = match response {
-            Some(Response::Started { pid }) => pid,
+        match response.map(|(response, _)| response) {
+            Some(Response::Started { .. }) => {}
             Some(Response::StartFailed { errno, during }) => {
                 return Err(start_error(spec, &cwd, errno, during))
             }
@@ -149,7 +175,7 @@ impl NamespaceSandbox {
                     io::Error::other(format!("the sandbox's init answered {other:?}")),
                 ))
             }
-        };
+        }
         let system = |error| SandboxError::system("exec", error);
         connection.set_nonblocking(true).map_err(system)?;
         let connection = tokio::net::UnixStream::from_std(connection).map_err(system)?;
@@ -168,14 +194,10 @@ impl NamespaceSandbox {
             oom_kills_before,
         };
         let (events, events_rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
-        let (signals, signals_rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(pump.run(events, signals_rx));
+        tokio::spawn(pump.run(events));
         Ok(NamespaceStream {
-            process_id: format!("p{pid}"),
             events: events_rx,
             stdin,
-            signals,
-            ended: false,
         })
     }
 
@@ -214,92 +236,41 @@ impl NamespaceSandbox {
         })
     }
 
+    /// Starts `spec` under a process shim of its own (see [`crate::shim`]).
     pub(crate) async fn run_exec_stream(
         &self,
         spec: ExecSpec,
     ) -> Result<Box<dyn ExecStream>, SandboxError> {
-        if spec.tty.is_some() || spec.detach {
-            self.check(Operation::Exec)?;
-            return Err(SandboxError::Unsupported {
-                backend: cthulu_types::BackendKind::Namespace,
-                operation: if spec.tty.is_some() {
-                    "pty"
-                } else {
-                    "detached processes"
-                },
-                reason: crate::provider::NOT_YET.to_owned(),
-            });
+        self.check(Operation::Exec)?;
+        if let Some(gone) = self.init_gone() {
+            return Err(gone);
         }
-        let mut stream = self.start_exec(&spec, true).await?;
-        if let Some(bytes) = spec.stdin {
-            stream.write_stdin(&bytes).await?;
-        }
-        Ok(Box::new(stream))
+        let cwd = self.inside_cwd(spec.cwd.as_deref())?;
+        let shim_spec = ShimSpec {
+            argv: spec.command.to_argv(),
+            env: compose_env(|name| std::env::var(name).ok(), &self.env, &spec),
+            cwd: cwd.into(),
+            tty: spec.tty,
+            detach: spec.detach,
+            timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
+            max_output_bytes: spec.max_output_bytes,
+        };
+        processes::start_stream(self, spec, shim_spec).await
     }
 }
 
 /// Output chunks queued between the pump and the stream's reader: backpressure beyond.
 const EVENT_QUEUE: usize = 16;
 
-/// A running command's stream: output and exit from its [`Pump`], stdin straight into its
-/// pipe, signals through the pump to init. Dropping it ends the pump, which closes the
-/// connection to init: init kills the command's process group.
+/// A running one-shot command: output and exit from its [`Pump`], stdin straight into
+/// its pipe. Dropping it ends the pump, which closes the connection to init: init kills
+/// the command's process group.
 pub(crate) struct NamespaceStream {
-    process_id: String,
     events: tokio::sync::mpsc::Receiver<ExecEvent>,
     stdin: Option<tokio::net::unix::pipe::Sender>,
-    signals: tokio::sync::mpsc::UnboundedSender<i32>,
-    ended: bool,
 }
 
-#[async_trait::async_trait]
-impl ExecStream for NamespaceStream {
-    fn process_id(&self) -> &str {
-        &self.process_id
-    }
-
-    async fn next_event(&mut self) -> Option<ExecEvent> {
-        if self.ended {
-            return None;
-        }
-        let event = self.events.recv().await;
-        if matches!(event, Some(ExecEvent::Exit(_)) | None) {
-            self.ended = true;
-        }
-        event
-    }
-
-    async fn write_stdin(&mut self, data: &[u8]) -> Result<(), SandboxError> {
-        if let Some(pipe) = &mut self.stdin {
-            if pipe.write_all(data).await.is_err() {
-                // The program closed its stdin (or ended): nobody reads it any more.
-                self.stdin = None;
-            }
-        }
-        Ok(())
-    }
-
-    async fn close_stdin(&mut self) -> Result<(), SandboxError> {
-        self.stdin = None;
-        Ok(())
-    }
-
-    async fn signal(&mut self, signal: Signal) -> Result<(), SandboxError> {
-        // After the exit the pump is gone and there is nothing left to signal.
-        let _ = self.signals.send(signal.number());
-        Ok(())
-    }
-
-    async fn resize(&mut self, _size: PtySize) -> Result<(), SandboxError> {
-        Err(SandboxError::InvalidRequest {
-            field: "resize",
-            message: "the process has no terminal".into(),
-        })
-    }
-}
-
-/// Moves a command's output and exit to its stream, applies its cap and timeout, and
-/// passes signals to init.
+/// Moves a command's output and exit to its stream and applies its cap and timeout.
 struct Pump {
     connection: tokio::net::UnixStream,
     stdout: Option<tokio::net::unix::pipe::Receiver>,
@@ -311,11 +282,7 @@ struct Pump {
 }
 
 impl Pump {
-    async fn run(
-        mut self,
-        events: tokio::sync::mpsc::Sender<ExecEvent>,
-        mut signals: tokio::sync::mpsc::UnboundedReceiver<i32>,
-    ) {
+    async fn run(mut self, events: tokio::sync::mpsc::Sender<ExecEvent>) {
         let (mut from_init, mut to_init) = self.connection.into_split();
         let (mut out_chunk, mut err_chunk) = (vec![0u8; READ_CHUNK], vec![0u8; READ_CHUNK]);
         let (mut out_left, mut err_left) = (self.cap, self.cap);
@@ -353,9 +320,6 @@ impl Pump {
                     // kernel killed every process of its pid namespace with it.
                     status = Some(exited.unwrap_or((None, Some(libc::SIGKILL))));
                     drain_until = Some(tokio::time::Instant::now() + DRAIN_GRACE);
-                },
-                Some(signal) = signals.recv(), if status.is_none() => {
-                    let _ = to_init.write_all(&send_group(signal)).await;
                 },
                 _ = tokio::time::sleep_until(deadline), if status.is_none() && !timed_out => {
                     timed_out = true;

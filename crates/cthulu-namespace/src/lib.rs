@@ -31,20 +31,26 @@
 //! cgroup v1 when the server can write it; stop/resume through the v1 freezer. A limit the
 //! machine cannot enforce is refused at create, by name.
 //!
-//! Streaming exec runs on pipes through the same init connection (a dropped stream kills
-//! the command). Exposed ports use the host crate's loopback forwarders
-//! ([`cthulu_host::ports`]) with a connector that asks init for a socket connected inside
-//! the sandbox's network namespace (module `ports`): no routing, no firewall rule, works
-//! unprivileged. Not yet (answered
-//! [`Unsupported`](cthulu_core::SandboxError::Unsupported), and false in the
-//! capabilities): PTYs, detached processes, checkpoints;
-//! a create asking for a disk limit, full network or an image is refused.
+//! Streaming exec, PTYs and detached processes run under a process [`shim`] each (the
+//! host backend's shim, [`cthulu_host::shim`], with a launcher that asks init): the shim
+//! passes init its pipe ends, or gets the master of a terminal init opened on the
+//! sandbox's own devpts (`tty` inside names `/dev/pts/N`; the command leads a session
+//! with it as controlling terminal), keeps the last 1 MiB of output, and outlives the
+//! stream and the server. Processes are listed, re-attached and signalled with
+//! [`cthulu_host::processes`] on the records in `state.json`; destroy kills init, and so
+//! every command, then waits for the shims to record that and exit (or kills them).
+//! Exposed ports use the host crate's loopback forwarders ([`cthulu_host::ports`]) with a
+//! connector that asks init for a socket connected inside the sandbox's network namespace
+//! (module `ports`): no routing, no firewall rule, works unprivileged.
+//! Not yet (answered [`Unsupported`](cthulu_core::SandboxError::Unsupported), and false
+//! in the capabilities): checkpoints; a create asking for a disk limit, full network or
+//! an image is refused.
 //!
 //! On disk, per sandbox:
 //!
 //! ```text
 //! <root>/<sandbox_id>/state.json     env, status, init pid and start time, ids, cgroups,
-//!                                    exposed ports
+//!                                    streamed processes, exposed ports
 //!                    /init.json      what init builds (hostname, ids, cgroups)
 //!                    /init.sock      init's control socket
 //!                    /init.log       init's stderr
@@ -52,6 +58,8 @@
 //!                    /root/          / inside (/root, /home, /var... are written here)
 //!                    /layer/upper/   writes to /usr, /etc... inside
 //!                    /layer/work/    overlayfs work directories
+//!                    /procs/<process_id>/   the shim's spec.json, sock, pid.json,
+//!                                    exit.json, kept output (not visible inside)
 //! ```
 
 mod cgroup;
@@ -64,6 +72,7 @@ mod ports;
 pub mod protocol;
 mod provider;
 mod sandbox;
+pub mod shim;
 mod state;
 
 pub use config::{InitCommand, NamespaceConfig};

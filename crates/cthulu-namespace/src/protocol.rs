@@ -1,18 +1,21 @@
 //! The control protocol between the server (client) and a sandbox's init (server), over
 //! the Unix socket `<state>/init.sock`: frames of a little-endian `u32` length and a JSON
 //! body. An exec request carries the command's stdin, stdout and stderr as three
-//! descriptors (`SCM_RIGHTS`) with its first byte.
+//! descriptors (`SCM_RIGHTS`) with its first byte; one asking for a terminal
+//! ([`ExecRequest::tty`]) carries none, and init answers it with the terminal's master.
 //!
 //! One connection per request. An exec connection stays open until the command ends:
 //! init answers [`Response::Started`] (or [`Response::StartFailed`]), later
-//! [`Response::Exited`]; meanwhile the client may send [`Request::SignalGroup`]; closing
-//! the connection early kills the command's process group. A connect request is answered
-//! with a socket connected inside the sandbox (for the port forwarders).
+//! [`Response::Exited`]; meanwhile the client may send [`Request::SignalGroup`] and
+//! [`Request::KillAll`]; closing the connection early kills the command's process group
+//! (on a terminal, its whole session). A connect request is answered with a socket
+//! connected inside the sandbox (for the port forwarders).
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use cthulu_types::PtySize;
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
@@ -35,6 +38,9 @@ pub enum Request {
     /// A TCP connection to `port` on the sandbox's loopback (IPv4, else IPv6), made
     /// inside its network namespace: answered [`Response::Connected`] with the socket.
     Connect { port: u16 },
+    /// On an exec connection: SIGKILL the command's process group and, on a terminal,
+    /// every process of its session (a shell's jobs sit in groups of their own).
+    KillAll,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,12 +50,18 @@ pub struct ExecRequest {
     pub env: Vec<(String, String)>,
     /// Absolute, inside the sandbox.
     pub cwd: String,
+    /// Run on a new terminal of the sandbox's own devpts, of this size, as the leader
+    /// of a session whose controlling terminal it is. The request then carries no
+    /// descriptors; [`Response::Started`] brings the terminal's master.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<PtySize>,
 }
 
 /// What init answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    /// The command runs; `pid` (also its process group) as the sandbox sees it.
+    /// The command runs; `pid` (also its process group; on a terminal its session) as
+    /// the sandbox sees it. On a terminal, the master comes with it.
     Started { pid: i32 },
     /// The command could not be started: `errno` of its `chdir` or `execve`.
     StartFailed { errno: i32, during: StartStep },
@@ -174,6 +186,7 @@ mod tests {
             argv: vec!["echo".into(), "a b".into()],
             env: vec![("PATH".into(), "/bin".into())],
             cwd: "/workspace".into(),
+            tty: None,
         });
         send(&left, &request, &[read_end.as_fd(), write_end.as_fd()]).unwrap();
         send(&left, &Request::Shutdown, &[]).unwrap();
@@ -184,6 +197,24 @@ mod tests {
         let (got, fds) = receive::<Request>(&mut right).unwrap().unwrap();
         assert_eq!((got, fds.len()), (Request::Shutdown, 0));
         assert!(receive::<Request>(&mut right).unwrap().is_none());
+    }
+
+    #[test]
+    fn exec_requests_without_a_tty_field_still_parse() {
+        let old = r#"{"Exec":{"argv":["true"],"env":[],"cwd":"/workspace"}}"#;
+        let Request::Exec(exec) = decode::<Request>(old.as_bytes()).unwrap() else {
+            panic!("an exec request");
+        };
+        assert_eq!(exec.tty, None);
+        let with_tty = Request::Exec(ExecRequest {
+            tty: Some(PtySize {
+                cols: 100,
+                rows: 40,
+            }),
+            ..exec
+        });
+        let body = &encode(&with_tty)[4..];
+        assert_eq!(decode::<Request>(body).unwrap(), with_tty);
     }
 
     #[test]

@@ -228,8 +228,8 @@ pub(crate) fn capabilities(can_freeze: bool) -> Capabilities {
     Capabilities {
         isolation: true,
         exec_stream: true,
-        pty: false,
-        detached_processes: false,
+        pty: true,
+        detached_processes: true,
         files: true,
         ports: true,
         checkpoint: CheckpointSupport::None,
@@ -297,7 +297,9 @@ impl SandboxProvider for NamespaceProvider {
             })?;
         let mut made = Made::default();
         match self.create(sandbox_id, &dir, spec, &mut made).await {
-            Ok(state) => Ok(self.remember(NamespaceSandbox::new(dir, state))),
+            Ok(state) => {
+                Ok(self.remember(NamespaceSandbox::new(dir, state, self.config.shim.clone())))
+            }
             Err(error) => {
                 let cleanup = async {
                     if let Some(pid) = made.init.and_then(crate::state::InitProcess::find) {
@@ -344,7 +346,7 @@ impl SandboxProvider for NamespaceProvider {
         if state.status == SandboxStatus::Running && !state.init.is_alive() {
             state.status = SandboxStatus::Lost;
         }
-        let sandbox = self.remember(NamespaceSandbox::new(dir, state));
+        let sandbox = self.remember(NamespaceSandbox::new(dir, state, self.config.shim.clone()));
         // A lost sandbox has no ports left to forward.
         if sandbox.status().check_exists().is_ok() {
             cthulu_host::ports::restart_forwarders(&*sandbox)?;

@@ -1,9 +1,12 @@
 //! [`NamespaceSandbox`]: one sandbox, its [`SandboxHandle`] and destroy. Exec is in
-//! [`exec`](crate::exec); files in [`cthulu_host::files`] (the same code as the host backend).
+//! [`exec`](crate::exec); files in [`cthulu_host::files`] and streamed processes in
+//! [`cthulu_host::processes`] (the same code as the host backend, on the records of this
+//! sandbox's `state.json` and shims of [`crate::shim`]).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use cthulu_core::{
@@ -23,7 +26,12 @@ use crate::provider::NOT_YET;
 use crate::state::{InitProcess, SandboxState, STATE_FILE, WORKSPACE_DIR};
 use cthulu_host::files;
 use cthulu_host::ports::{self, Forwarders};
-use cthulu_host::workspace::{Owner, Workspace};
+use cthulu_host::processes::{self, ProcessRecord, ProcessStore};
+use cthulu_host::workspace::Workspace;
+use cthulu_host::ShimCommand;
+
+/// How long destroy lets shims report their processes' deaths to attached clients.
+const SHIM_EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// One namespace sandbox: `<root>/<sandbox_id>/` on the host, an init process in its
 /// namespaces.
@@ -36,6 +44,8 @@ pub struct NamespaceSandbox {
     pub(crate) env: BTreeMap<String, String>,
     init: InitProcess,
     pub(crate) cgroups: SandboxCgroups,
+    /// How to start a streamed process's shim.
+    shim: ShimCommand,
     /// What goes into state.json again when the status changes; its status is the
     /// sandbox's.
     state: Mutex<SandboxState>,
@@ -46,25 +56,17 @@ pub struct NamespaceSandbox {
 }
 
 impl NamespaceSandbox {
-    pub(crate) fn new(dir: PathBuf, state: SandboxState) -> NamespaceSandbox {
+    pub(crate) fn new(dir: PathBuf, state: SandboxState, shim: ShimCommand) -> NamespaceSandbox {
         NamespaceSandbox {
             sandbox_id: state.sandbox_id.clone(),
             // Files the server writes there belong to the sandbox's root.
-            workspace: Workspace::owned_by(
-                dir.join(WORKSPACE_DIR),
-                state
-                    .ids
-                    .filter(|ids| ids.uid != rustix::process::geteuid().as_raw())
-                    .map(|ids| Owner {
-                        uid: ids.uid,
-                        gid: ids.gid,
-                    }),
-            ),
+            workspace: Workspace::owned_by(dir.join(WORKSPACE_DIR), state.root_outside()),
             socket: dir.join(SOCKET_FILE),
             dir,
             env: state.env.clone(),
             init: state.init,
             cgroups: state.cgroups.clone(),
+            shim,
             state: Mutex::new(state),
             destroying: tokio::sync::Mutex::new(()),
             forwarders: Mutex::new(Forwarders::new()),
@@ -122,7 +124,11 @@ impl NamespaceSandbox {
             let _ = self.cgroups.freeze(false).await;
         }
         self.forwarders().clear();
+        let shims = processes::shims_of(&self.dir, &self.lock().processes);
         kill_init(self.init).await?;
+        // Every process of the sandbox died with init; their shims record that, tell
+        // attached clients and exit (or are killed after a grace).
+        processes::end_shims(shims, SHIM_EXIT_GRACE).await;
         self.cgroups.remove().await?;
         remove_dir(&self.dir).await?;
         self.lock().status = SandboxStatus::Destroyed;
@@ -155,9 +161,14 @@ impl NamespaceSandbox {
 
     /// Records a new status, in memory and in state.json.
     fn set_status(&self, status: SandboxStatus) -> Result<(), SandboxError> {
+        self.update_state(|state| state.status = status)
+    }
+
+    /// Changes the state, in memory and in state.json (in memory only once it is saved).
+    fn update_state(&self, change: impl FnOnce(&mut SandboxState)) -> Result<(), SandboxError> {
         let mut state = self.lock();
         let mut changed = state.clone();
-        changed.status = status;
+        change(&mut changed);
         self.save_state(&changed)?;
         *state = changed;
         Ok(())
@@ -181,6 +192,37 @@ impl NamespaceSandbox {
             operation,
             reason: NOT_YET.to_owned(),
         }
+    }
+}
+
+impl ProcessStore for NamespaceSandbox {
+    fn sandbox_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn shim(&self) -> &ShimCommand {
+        &self.shim
+    }
+
+    /// Readable while the sandbox exists, running or stopped.
+    fn records(&self) -> Result<Vec<ProcessRecord>, SandboxError> {
+        let state = self.lock();
+        processes::check_exists(state.status)?;
+        Ok(state.processes.clone())
+    }
+
+    /// A stop or destroy since the start needs nothing here: the freezer holds the new
+    /// process too, and init's death takes it along.
+    fn add_record(&self, record: ProcessRecord) -> Result<(), SandboxError> {
+        self.update_state(|state| state.processes.push(record))
+    }
+
+    fn forget_records(&self, process_ids: &[String]) -> Result<(), SandboxError> {
+        self.update_state(|state| {
+            state
+                .processes
+                .retain(|record| !process_ids.contains(&record.process_id))
+        })
     }
 }
 
@@ -211,15 +253,15 @@ impl SandboxHandle for NamespaceSandbox {
     }
 
     async fn list_processes(&self) -> Result<Vec<ProcessInfo>, SandboxError> {
-        Err(self.unsupported("processes"))
+        processes::list(self).await
     }
 
-    async fn attach_process(&self, _process_id: &str) -> Result<Box<dyn ExecStream>, SandboxError> {
-        Err(self.unsupported("attach to a process"))
+    async fn attach_process(&self, process_id: &str) -> Result<Box<dyn ExecStream>, SandboxError> {
+        processes::attach(self, process_id).await
     }
 
-    async fn signal_process(&self, _process_id: &str, _signal: Signal) -> Result<(), SandboxError> {
-        Err(self.unsupported("signal a process"))
+    async fn signal_process(&self, process_id: &str, signal: Signal) -> Result<(), SandboxError> {
+        processes::signal(self, process_id, signal).await
     }
 
     async fn put_file(

@@ -1,10 +1,12 @@
-//! `state.json`: what a sandbox must remember across server restarts (its env, its status
-//! and which process is its init), written atomically.
+//! `state.json`: what a sandbox must remember across server restarts (its env, its status,
+//! which process is its init, and its streamed processes), written atomically.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::Path;
 
+use cthulu_host::processes::ProcessRecord;
+use cthulu_host::workspace::Owner;
 use cthulu_types::{ExposedPort, SandboxId, SandboxStatus};
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +37,9 @@ pub(crate) struct SandboxState {
     /// Exposed ports and their host addresses (forwarders are started again on attach).
     #[serde(default)]
     pub ports: Vec<ExposedPort>,
+    /// Processes started by `exec_stream`, each under a shim (`procs/<process_id>/`).
+    #[serde(default)]
+    pub processes: Vec<ProcessRecord>,
 }
 
 /// The sandbox's init as the host sees it. The start time tells it apart from a later
@@ -115,7 +120,19 @@ impl SandboxState {
             ids: Some(ids),
             cgroups,
             ports: Vec::new(),
+            processes: Vec::new(),
         }
+    }
+
+    /// Who the sandbox's root is on the host, when it is not the server's own user:
+    /// what the server hands the sandbox (workspace files, pipes) is given to it.
+    pub fn root_outside(&self) -> Option<Owner> {
+        self.ids
+            .filter(|ids| ids.uid != rustix::process::geteuid().as_raw())
+            .map(|ids| Owner {
+                uid: ids.uid,
+                gid: ids.gid,
+            })
     }
 
     /// Writes a temporary file and renames it over `state.json`: atomic against a crash

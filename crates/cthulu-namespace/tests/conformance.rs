@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use cthulu_core::conformance::ConformanceTarget;
 use cthulu_core::SandboxProvider;
+use cthulu_host::ShimCommand;
 use cthulu_namespace::{InitCommand, NamespaceConfig, NamespaceProvider};
 use cthulu_types::SandboxId;
 
@@ -36,6 +37,10 @@ impl NamespaceTarget {
             root: self.root(),
             init: InitCommand {
                 program: env!("CARGO_BIN_EXE_cthulu-ns-init").into(),
+                args: Vec::new(),
+            },
+            shim: ShimCommand {
+                program: env!("CARGO_BIN_EXE_cthulu-ns-shim").into(),
                 args: Vec::new(),
             },
         };

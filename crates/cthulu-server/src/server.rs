@@ -34,6 +34,9 @@ pub struct ServerConfig {
     /// How the namespace backend starts a sandbox's init (`cthulu __ns-init` in
     /// production); `None` leaves the backend out of this server.
     pub namespace_init: Option<cthulu_namespace::InitCommand>,
+    /// How the namespace backend starts the shim of a streamed process (`cthulu
+    /// __ns-shim` in production); used only with `namespace_init`.
+    pub namespace_shim: cthulu_host::ShimCommand,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,7 @@ impl Server {
             let namespace = NamespaceProvider::new(NamespaceConfig {
                 root: config.home.join("sandboxes").join("namespace"),
                 init: init.clone(),
+                shim: config.namespace_shim.clone(),
             })
             .map_err(ServerError::NamespaceBackend)?;
             providers.insert(BackendKind::Namespace, Arc::new(namespace));

@@ -38,6 +38,21 @@ pub fn namespace_init_command() -> cthulu_namespace::InitCommand {
     }
 }
 
+/// The namespace backend's process shim as tests run it: the `cthulu-ns-shim` binary next
+/// to the test binary's directory.
+pub fn namespace_shim_command() -> ShimCommand {
+    let program = target_dir().join("cthulu-ns-shim");
+    assert!(
+        program.exists(),
+        "{} is missing: build it with `cargo build -p cthulu-namespace --bin cthulu-ns-shim` (cargo nextest run --workspace builds it)",
+        program.display()
+    );
+    ShimCommand {
+        program,
+        args: Vec::new(),
+    }
+}
+
 /// `target/debug` (or the profile's directory) of the running test binary.
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary has a path");
@@ -74,6 +89,7 @@ impl TestServer {
             default_backend: None,
             host_shim: shim_command(),
             namespace_init: Some(namespace_init_command()),
+            namespace_shim: namespace_shim_command(),
         };
         let server = Server::start(config).await.expect("the server starts");
         let url = format!("http://{}", server.local_addr());

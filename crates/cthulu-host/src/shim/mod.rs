@@ -13,12 +13,19 @@
 //! the kept output) before any client hears of it, and exits once every attached client
 //! has it.
 //! `client` is the server side of that socket: an [`ExecStream`](cthulu_core::ExecStream).
+//!
+//! How the process is started, waited for and signalled is a [`Launcher`]: the host
+//! backend's [`LocalLauncher`] makes it a child of the shim; the namespace backend's asks
+//! a sandbox's init to start it inside and passes it its own pipe ends (or receives a PTY
+//! master), then [`run_with`] serves it exactly like a local one.
 
 mod child;
 pub(crate) mod client;
 pub mod protocol;
-pub(crate) mod records;
+pub mod records;
 mod server;
+
+pub use child::{Ended, Launcher, LocalLauncher, Process, SpawnError, Spawned, Stdin};
 
 use std::ffi::OsString;
 use std::io;
@@ -58,8 +65,20 @@ pub enum ShimError {
 /// The shim program. `args` are its arguments without the program name (and without the
 /// `__shim` subcommand): exactly one, the process directory.
 pub fn run(args: Vec<OsString>) -> ExitCode {
+    run_with(args, |_| Box::new(LocalLauncher))
+}
+
+/// The shim program with the launcher `launcher` makes for the process directory (a
+/// launcher that cannot serve it says so when asked to spawn, so the server hears why).
+pub fn run_with(
+    args: Vec<OsString>,
+    launcher: impl FnOnce(&std::path::Path) -> Box<dyn Launcher>,
+) -> ExitCode {
     let result = match <[OsString; 1]>::try_from(args) {
-        Ok([process_dir]) => server::serve(&PathBuf::from(process_dir)),
+        Ok([process_dir]) => {
+            let process_dir = PathBuf::from(process_dir);
+            server::serve(&process_dir, launcher(&process_dir).as_ref())
+        }
         Err(_) => Err(ShimError::Usage),
     };
     match result {

@@ -31,9 +31,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
@@ -42,7 +40,7 @@ use std::time::{Duration, Instant};
 use cthulu_core::ExitInfo;
 use rustix::event::{PollFd, PollFlags, Timespec};
 
-use super::child::{self, ChildControl};
+use super::child::{ChildControl, Ended, Launcher, Process};
 use super::protocol::{
     self, encode_output, Channel, ClientFrame, Role, ShimFrame, CHUNK_LEN, PROTOCOL_VERSION,
 };
@@ -82,7 +80,7 @@ const MAX_CONNECTIONS: usize = 16;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the shim of the process directory `process_dir`.
-pub(super) fn serve(process_dir: &Path) -> Result<(), ShimError> {
+pub(super) fn serve(process_dir: &Path, launcher: &dyn Launcher) -> Result<(), ShimError> {
     let start = Instant::now();
     block_hangup_signals();
     // Leave the server's session and process group: a Ctrl-C or hang-up aimed at the
@@ -107,7 +105,7 @@ pub(super) fn serve(process_dir: &Path) -> Result<(), ShimError> {
         source,
     })?;
 
-    let spawned = match child::spawn(&spec) {
+    let spawned = match launcher.spawn(&spec) {
         Ok(spawned) => spawned,
         Err(error) => {
             handshake(&Handshake::Failed {
@@ -120,11 +118,12 @@ pub(super) fn serve(process_dir: &Path) -> Result<(), ShimError> {
             });
         }
     };
+    let process: Arc<dyn Process> = Arc::from(spawned.process);
     let pids = PidRecord {
         shim_pid: std::process::id() as i32,
-        child_pid: spawned.process.id() as i32,
-        child_pgid: spawned.control.pgid,
-        child_start_ticks: crate::process_groups::start_ticks(spawned.process.id() as i32),
+        child_pid: process.pid(),
+        child_pgid: process.pid(),
+        child_start_ticks: process.start_ticks(),
     };
     write_atomic(
         Path::new(PID_FILE),
@@ -137,7 +136,7 @@ pub(super) fn serve(process_dir: &Path) -> Result<(), ShimError> {
     });
 
     let shared = Arc::new(Shared::new(
-        spawned.control,
+        Arc::new(ChildControl::new(process, spawned.stdin)),
         spec.detach,
         spec.max_output_bytes,
         start + FIRST_ATTACH_LIMIT,
@@ -155,7 +154,7 @@ pub(super) fn serve(process_dir: &Path) -> Result<(), ShimError> {
         let shared = shared.clone();
         thread::spawn(move || accept_loop(&shared, listener));
     }
-    let (status, timed_out) = wait_for_exit(&shared, spawned.process, &spec);
+    let (status, timed_out) = wait_for_exit(&shared, &spec);
     finish(&shared, status, timed_out, drain_signal)
 }
 
@@ -631,31 +630,11 @@ fn write_loop(shared: &Shared, id: u64, mut stream: UnixStream, replay: Vec<Vec<
 
 /// Waits for the process, killing its group at the timeout, or when it was not detached
 /// and no client ever came for it.
-fn wait_for_exit(
-    shared: &Shared,
-    mut process: Child,
-    spec: &ShimSpec,
-) -> (io::Result<ExitStatus>, bool) {
+fn wait_for_exit(shared: &Shared, spec: &ShimSpec) -> (io::Result<Ended>, bool) {
     let (sender, receiver) = mpsc::channel();
-    let control = shared.control.clone();
+    let process = shared.control.process.clone();
     thread::spawn(move || {
-        // The end first, without reaping: once reaped, the group id may be recycled, and
-        // signals must know before that can happen.
-        if let Some(pid) = rustix::process::Pid::from_raw(process.id() as i32) {
-            let options =
-                rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOWAIT;
-            loop {
-                match rustix::process::waitid(rustix::process::WaitId::Pid(pid), options) {
-                    Err(rustix::io::Errno::INTR) => continue,
-                    Ok(_) => control.mark_ended(),
-                    Err(_) => {}
-                }
-                break;
-            }
-        }
-        let status = process.wait();
-        control.mark_ended();
-        let _ = sender.send(status);
+        let _ = sender.send(process.wait());
     });
     let start = Instant::now();
     let far = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -716,22 +695,23 @@ fn drain(shared: &Shared, drain_signal: UnixStream) {
 /// have it.
 fn finish(
     shared: &Shared,
-    status: io::Result<ExitStatus>,
+    status: io::Result<Ended>,
     timed_out: bool,
     drain_signal: UnixStream,
 ) -> Result<(), ShimError> {
     drain(shared, drain_signal);
     let state = shared.lock();
-    let (exit_code, signal) = match &status {
-        Ok(status) => (status.code(), status.signal()),
-        Err(_) => (None, None),
-    };
+    let ended = status.unwrap_or(Ended {
+        exit_code: None,
+        signal: None,
+        oom_killed: false,
+    });
     let exit = ExitInfo {
-        exit_code,
-        signal,
+        exit_code: ended.exit_code,
+        signal: ended.signal,
         timed_out,
         truncated: state.truncated,
-        oom_killed: false,
+        oom_killed: ended.oom_killed,
     };
     let kept = [state.rings[0].contents(), state.rings[1].contents()];
     drop(state);

@@ -1,16 +1,26 @@
 //! PID 1's loop: accepts control connections, forks commands, reaps every child (its own
 //! and orphans reparented to it) and reports exits on the connection that started them.
 //! SIGCHLD arrives through a signalfd, so one `poll` waits for everything.
+//!
+//! A command asking for a terminal gets one of the sandbox's devpts (so `tty` names
+//! `/dev/pts/N` inside): init opens the master and the terminal, the command makes itself
+//! a session leader with the terminal as its controlling terminal, and the master goes
+//! back to the client with `Started`. Init keeps neither end, so the client sees the
+//! hang-up once every process of the session has closed the terminal.
 
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
+use cthulu_host::process_groups;
+use cthulu_types::PtySize;
 use rustix::event::{PollFd, PollFlags};
+use rustix::fs::{Mode, OFlags};
 use rustix::process::{Pid, WaitOptions};
+use rustix::pty::OpenptFlags;
 
 use super::harden::Hardening;
 use crate::protocol::{self, ExecRequest, Request, Response, StartStep};
@@ -21,6 +31,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A command started for a connection.
 struct Running {
     pgid: i32,
+    /// On a terminal: `pgid` is also its session, whose jobs may sit in other groups.
+    session: bool,
     /// `None` once the client went away (the group was killed then).
     connection: Option<UnixStream>,
 }
@@ -119,21 +131,49 @@ fn handle(
     };
     match request {
         Request::Exec(exec) => {
-            let Ok([stdin, stdout, stderr]) = <[OwnedFd; 3]>::try_from(fds) else {
-                let message = "an exec request needs stdin, stdout and stderr".to_owned();
-                let _ = answer(&connection, &Response::Refused { message });
-                return Flow::Continue;
-            };
-            match start(&exec, [stdin, stdout, stderr], hardening) {
-                Ok(pid) => {
-                    if answer(&connection, &Response::Started { pid }).is_err() {
-                        kill_group(pid, libc::SIGKILL);
+            let started = match exec.tty {
+                None => {
+                    let Ok(stdio) = <[OwnedFd; 3]>::try_from(fds) else {
+                        let message = "an exec request needs stdin, stdout and stderr".to_owned();
+                        let _ = answer(&connection, &Response::Refused { message });
+                        return Flow::Continue;
+                    };
+                    start(&exec, stdio, false, hardening).map(|pid| (pid, None))
+                }
+                Some(size) => {
+                    if !fds.is_empty() {
+                        let message = "an exec request on a terminal takes no descriptors".into();
+                        let _ = answer(&connection, &Response::Refused { message });
+                        return Flow::Continue;
                     }
+                    open_terminal(size)
+                        .map_err(|errno| (errno.raw_os_error(), StartStep::Exec))
+                        .and_then(|(master, terminal)| {
+                            let stdio = [terminal.try_clone(), terminal.try_clone(), Ok(terminal)];
+                            let stdio = match stdio {
+                                [Ok(stdin), Ok(stdout), Ok(stderr)] => [stdin, stdout, stderr],
+                                _ => return Err((libc::EMFILE, StartStep::Exec)),
+                            };
+                            start(&exec, stdio, true, hardening).map(|pid| (pid, Some(master)))
+                        })
+                }
+            };
+            match started {
+                Ok((pid, master)) => {
+                    let fds: Vec<BorrowedFd<'_>> = master.iter().map(|fd| fd.as_fd()).collect();
+                    let session = master.is_some();
+                    if protocol::send(&connection, &Response::Started { pid }, &fds).is_err() {
+                        kill_all(pid, session);
+                    }
+                    // The client holds the master now; ours must go, or the client would
+                    // never see the terminal hang up.
+                    drop(master);
                     let _ = connection.set_read_timeout(None);
                     running.insert(
                         pid,
                         Running {
                             pgid: pid,
+                            session,
                             connection: Some(connection),
                         },
                     );
@@ -171,6 +211,11 @@ fn handle(
             unsafe { libc::kill(-1, libc::SIGKILL) };
             let _ = answer(&connection, &Response::Done);
             Flow::Shutdown
+        }
+        Request::KillAll => {
+            let message = "kill_all is only valid on an exec connection".to_owned();
+            let _ = answer(&connection, &Response::Refused { message });
+            Flow::Continue
         }
     }
 }
@@ -222,6 +267,32 @@ fn connect_inside(port: u16) -> Result<(OwnedFd, bool), rustix::io::Errno> {
     Err(last)
 }
 
+/// A new terminal of the sandbox's devpts, of `size`: its master and the terminal itself
+/// (opened from the master, so no path is looked up), neither a controlling terminal of
+/// init.
+fn open_terminal(size: PtySize) -> rustix::io::Result<(OwnedFd, OwnedFd)> {
+    let master = rustix::fs::open(
+        "/dev/pts/ptmx",
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    rustix::pty::unlockpt(&master)?;
+    rustix::termios::tcsetwinsize(
+        &master,
+        rustix::termios::Winsize {
+            ws_row: size.rows,
+            ws_col: size.cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        },
+    )?;
+    let terminal = rustix::pty::ioctl_tiocgptpeer(
+        &master,
+        OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC,
+    )?;
+    Ok((master, terminal))
+}
+
 fn answer(connection: &UnixStream, response: &Response) -> io::Result<()> {
     protocol::send(connection, response, &[])
 }
@@ -236,15 +307,33 @@ fn client_message(running: &mut HashMap<i32, Running>, pid: i32) {
     };
     match protocol::receive::<Request>(connection) {
         Ok(Some((Request::SignalGroup { signal }, _))) => kill_group(command.pgid, signal),
+        Ok(Some((Request::KillAll, _))) => kill_all(command.pgid, command.session),
         Ok(Some(_)) => {
-            let message = "only signal_group is valid on an exec connection".to_owned();
-            let _ = answer(connection, &Response::Refused { message });
+            let message = "only signal_group and kill_all are valid on an exec connection";
+            let _ = answer(
+                connection,
+                &Response::Refused {
+                    message: message.to_owned(),
+                },
+            );
         }
         // The client is gone (its exec was abandoned): the command goes too.
         Ok(None) | Err(_) => {
-            kill_group(command.pgid, libc::SIGKILL);
+            kill_all(command.pgid, command.session);
             command.connection = None;
         }
+    }
+}
+
+/// SIGKILLs the group `pgid` and, for a session, every process of it (`/proc` shows
+/// init only the sandbox's processes).
+fn kill_all(pgid: i32, session: bool) {
+    if session {
+        if pgid > 1 {
+            process_groups::signal_session(pgid, libc::SIGKILL);
+        }
+    } else {
+        kill_group(pgid, libc::SIGKILL);
     }
 }
 
@@ -354,6 +443,7 @@ fn prepare(exec: &ExecRequest) -> Option<Prepared> {
 fn start(
     exec: &ExecRequest,
     stdio: [OwnedFd; 3],
+    terminal: bool,
     hardening: &Hardening,
 ) -> Result<i32, (i32, StartStep)> {
     let prepared = prepare(exec).ok_or((libc::EINVAL, StartStep::Exec))?;
@@ -381,6 +471,7 @@ fn start(
             child(
                 &prepared,
                 &stdio,
+                terminal,
                 error_write.as_raw_fd(),
                 &argv,
                 &envp,
@@ -415,8 +506,9 @@ fn start(
     Err((errno, during))
 }
 
-/// The forked child: own process group, stdio, cwd, default signal mask, Landlock and
-/// seccomp ([`Hardening::apply`]), then exec.
+/// The forked child: own process group (on a terminal: own session, the terminal as its
+/// controlling terminal), stdio, cwd, default signal mask, Landlock and seccomp
+/// ([`Hardening::apply`]), then exec.
 ///
 /// # Safety
 /// Only in the child of a fork of a single-threaded process, with valid NULL-terminated
@@ -424,6 +516,7 @@ fn start(
 unsafe fn child(
     prepared: &Prepared,
     stdio: &[OwnedFd; 3],
+    terminal: bool,
     error_pipe: i32,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
@@ -438,7 +531,11 @@ unsafe fn child(
             libc::write(error_pipe, report.as_ptr().cast(), report.len());
             libc::_exit(127)
         };
-        libc::setpgid(0, 0);
+        if terminal {
+            libc::setsid();
+        } else {
+            libc::setpgid(0, 0);
+        }
         let mut mask: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut mask);
         libc::sigprocmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
@@ -446,6 +543,10 @@ unsafe fn child(
             if libc::dup2(fd.as_raw_fd(), target as i32) < 0 {
                 fail(1);
             }
+        }
+        // The session leader takes its terminal: job control and Ctrl-C work.
+        if terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+            fail(1);
         }
         if libc::chdir(prepared.cwd.as_ptr()) != 0 {
             fail(0);

@@ -117,6 +117,10 @@ async fn a_failed_create_leaves_nothing_and_says_why() {
             program: "/bin/false".into(),
             args: Vec::new(),
         },
+        shim: cthulu_host::ShimCommand {
+            program: "/bin/false".into(),
+            args: Vec::new(),
+        },
     })
     .unwrap();
     let sandbox_id = cthulu_types::SandboxId::generate();

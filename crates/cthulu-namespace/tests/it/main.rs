@@ -9,5 +9,6 @@ mod isolation;
 mod lifecycle;
 mod limits;
 mod ports;
+mod processes;
 mod support;
 mod unprivileged;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cthulu_core::{ExecOutput, ExecSpec, SandboxHandle, SandboxProvider, SandboxSpec};
+use cthulu_host::ShimCommand;
 use cthulu_namespace::{InitCommand, NamespaceConfig, NamespaceProvider};
 use cthulu_types::SandboxId;
 
@@ -41,6 +42,10 @@ impl Fixture {
                 program: env!("CARGO_BIN_EXE_cthulu-ns-init").into(),
                 args: Vec::new(),
             },
+            shim: ShimCommand {
+                program: env!("CARGO_BIN_EXE_cthulu-ns-shim").into(),
+                args: Vec::new(),
+            },
         })
         .expect("making the provider")
     }
@@ -48,6 +53,15 @@ impl Fixture {
     /// A provider on the same root, as a restarted server makes it.
     pub fn restarted(&self) -> NamespaceProvider {
         Fixture::provider_on(self.provider.root().to_owned())
+    }
+
+    /// The sandbox as a restarted server finds it: attached by a new provider on the
+    /// same root.
+    pub async fn reattached(&self, sandbox_id: &SandboxId) -> Arc<dyn SandboxHandle> {
+        self.restarted()
+            .attach(sandbox_id, &SandboxSpec::default())
+            .await
+            .expect("attaching after a restart")
     }
 
     pub async fn sandbox(&self) -> (SandboxId, Arc<dyn SandboxHandle>) {

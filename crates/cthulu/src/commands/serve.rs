@@ -36,6 +36,15 @@ pub fn namespace_init_command() -> anyhow::Result<cthulu_namespace::InitCommand>
     })
 }
 
+/// `cthulu __ns-shim`: how the namespace backend starts the shim of a streamed process.
+pub fn namespace_shim_command() -> anyhow::Result<ShimCommand> {
+    let program = std::env::current_exe().context("cannot find the path of this executable")?;
+    Ok(ShimCommand {
+        program,
+        args: vec![super::shim::NS_SHIM_SUBCOMMAND.into()],
+    })
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let home = super::home_dir(args.home)?;
     let config = ServerConfig {
@@ -44,6 +53,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         default_backend: None,
         host_shim: shim_command()?,
         namespace_init: Some(namespace_init_command()?),
+        namespace_shim: namespace_shim_command()?,
     };
     let server = Server::start(config)
         .await

@@ -65,6 +65,7 @@ async fn start_target(global: &GlobalArgs) -> anyhow::Result<Target> {
         default_backend: None,
         host_shim: super::serve::shim_command()?,
         namespace_init: Some(super::serve::namespace_init_command()?),
+        namespace_shim: super::serve::namespace_shim_command()?,
     };
     let server = Server::start(config)
         .await
