@@ -27,7 +27,8 @@ pub struct ServerConfig {
     pub home: PathBuf,
     /// Where to listen; loopback by default.
     pub listen: SocketAddr,
-    /// Backend used when a create request names none.
+    /// Backend used when a create request names none; `None`: namespace where it can run,
+    /// host otherwise.
     pub default_backend: Option<BackendKind>,
     /// How the host backend starts its process shim (`cthulu __shim` in production).
     pub host_shim: cthulu_host::ShimCommand,
@@ -116,7 +117,9 @@ impl Server {
             providers.insert(BackendKind::Namespace, Arc::new(namespace));
         }
 
-        let default_backend = config.default_backend.unwrap_or(BackendKind::Host);
+        let default_backend = config
+            .default_backend
+            .unwrap_or_else(|| automatic_default(&providers));
         match providers
             .get(&default_backend)
             .map(|provider| provider.info())
@@ -202,4 +205,20 @@ impl Server {
 /// Creates an API key in the database under `home` and returns it (shown once).
 pub fn create_api_key(home: &Path, name: Option<&str>) -> Result<String, ServerError> {
     Ok(open_database(home)?.create_api_key(name)?)
+}
+
+/// The default backend when none is configured: namespace where it can run (real
+/// isolation, no daemon), the host backend otherwise, saying why.
+fn automatic_default(providers: &BTreeMap<BackendKind, Arc<dyn SandboxProvider>>) -> BackendKind {
+    match providers.get(&BackendKind::Namespace).map(|provider| provider.info()) {
+        Some(info) if info.available => BackendKind::Namespace,
+        Some(info) => {
+            tracing::warn!(
+                reason = info.unavailable_reason.as_deref().unwrap_or("unknown"),
+                "the namespace backend cannot run here; the default backend is host (no isolation)"
+            );
+            BackendKind::Host
+        }
+        None => BackendKind::Host,
+    }
 }

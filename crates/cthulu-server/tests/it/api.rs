@@ -343,7 +343,18 @@ async fn info_health_metrics_and_status_page() {
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
     let (status, info) = api.get("/api/v1/info").await;
     assert_eq!(status, 200);
-    assert_eq!(info["default_backend"], "host");
+    // Namespace where it can run, host otherwise.
+    let namespace_available = info["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|backend| backend["kind"] == "namespace" && backend["available"] == true);
+    let expected_default = if namespace_available {
+        "namespace"
+    } else {
+        "host"
+    };
+    assert_eq!(info["default_backend"], expected_default, "{info}");
     let host = info["backends"]
         .as_array()
         .unwrap()

@@ -16,6 +16,10 @@ pub struct ServeArgs {
     /// State directory [default: ~/.cthulu]
     #[arg(long, env = "CTHULU_HOME")]
     pub home: Option<PathBuf>,
+    /// Backend of sandboxes created without one [default: namespace where it can run,
+    /// host otherwise]
+    #[arg(long, env = "CTHULU_DEFAULT_BACKEND", value_parser = crate::parse::backend)]
+    pub default_backend: Option<cthulu_types::BackendKind>,
 }
 
 /// How the host backend starts its process shim: this very binary, `cthulu __shim`.
@@ -50,7 +54,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let config = ServerConfig {
         home: home.clone(),
         listen: args.listen,
-        default_backend: None,
+        default_backend: args.default_backend,
         host_shim: shim_command()?,
         namespace_init: Some(namespace_init_command()?),
         namespace_shim: namespace_shim_command()?,

@@ -131,18 +131,36 @@ fn checkpoint_and_restore() {
 fn ports_are_exposed_listed_and_removed() {
     let server = TestServer::start();
     let sandbox_id = server.create_sandbox(&[]);
-    // The default (host) backend shares the host's network: a listener of this test on
-    // loopback is a server "in the sandbox" on that port.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port().to_string();
-    // Every connection is answered: the backend probes the port before exposing it.
-    std::thread::spawn(move || {
-        for mut connection in listener.incoming().flatten() {
-            let _ = connection.write_all(b"hello through the port");
+    // A server in the sandbox (of the default backend, whichever it is) on a port that is
+    // free on the host too (a host sandbox shares the host's network).
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    server.ok(&[
+        "sandbox",
+        "exec",
+        &sandbox_id,
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "echo 'hello through the port' > greeting.txt; \
+             python3 -m http.server {port} --bind 127.0.0.1 >/dev/null 2>&1 &"
+        ),
+    ]);
+    // Exposing checks that something listens: retried while the server starts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let exposed = loop {
+        let exposed = server.run(&["sandbox", "port", &sandbox_id, &port]);
+        if exposed.code == 0 || std::time::Instant::now() > deadline {
+            break exposed;
         }
-    });
-
-    let exposed = server.run(&["sandbox", "port", &sandbox_id, &port]);
+        assert!(exposed.stderr.contains("listens"), "{exposed:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     if exposed.code != 0 && exposed.stderr.contains("unsupported") {
         eprintln!("SKIP ports: {}", exposed.stderr.trim());
         return;
@@ -155,12 +173,16 @@ fn ports_are_exposed_listed_and_removed() {
     assert_eq!(list.ports.len(), 1);
     assert_eq!(list.ports[0].port.to_string(), port);
     assert_eq!(list.ports[0].url, exposed.stdout.trim());
-    let mut relayed = String::new();
-    TcpStream::connect(&list.ports[0].host_address)
-        .unwrap()
-        .read_to_string(&mut relayed)
+    let mut connection = TcpStream::connect(&list.ports[0].host_address).unwrap();
+    connection
+        .write_all(b"GET /greeting.txt HTTP/1.0\r\n\r\n")
         .unwrap();
-    assert_eq!(relayed, "hello through the port");
+    let mut relayed = String::new();
+    connection.read_to_string(&mut relayed).unwrap();
+    assert!(
+        relayed.ends_with("\r\n\r\nhello through the port\n"),
+        "{relayed}"
+    );
 
     let table = server.ok(&["sandbox", "ports", &sandbox_id]);
     assert!(table.contains(&list.ports[0].url), "{table}");
