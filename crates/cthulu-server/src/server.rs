@@ -210,7 +210,10 @@ pub fn create_api_key(home: &Path, name: Option<&str>) -> Result<String, ServerE
 /// The default backend when none is configured: namespace where it can run (real
 /// isolation, no daemon), the host backend otherwise, saying why.
 fn automatic_default(providers: &BTreeMap<BackendKind, Arc<dyn SandboxProvider>>) -> BackendKind {
-    match providers.get(&BackendKind::Namespace).map(|provider| provider.info()) {
+    match providers
+        .get(&BackendKind::Namespace)
+        .map(|provider| provider.info())
+    {
         Some(info) if info.available => BackendKind::Namespace,
         Some(info) => {
             tracing::warn!(

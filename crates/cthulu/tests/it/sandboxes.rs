@@ -139,18 +139,11 @@ fn ports_are_exposed_listed_and_removed() {
         .unwrap()
         .port()
         .to_string();
-    server.ok(&[
-        "sandbox",
-        "exec",
-        &sandbox_id,
-        "--",
-        "sh",
-        "-c",
-        &format!(
-            "echo 'hello through the port' > greeting.txt; \
-             python3 -m http.server {port} --bind 127.0.0.1 >/dev/null 2>&1 &"
-        ),
-    ]);
+    let script = format!(
+        "echo 'hello through the port' > greeting.txt; \
+         python3 -m http.server {port} --bind 127.0.0.1 >/dev/null 2>&1 &"
+    );
+    server.ok(&["sandbox", "exec", &sandbox_id, "--shell", &script]);
     // Exposing checks that something listens: retried while the server starts.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let exposed = loop {
