@@ -16,10 +16,14 @@
 //! `0..65536` to a subordinate range from [`init::IdMapping::SUBORDINATE_BASE`]; any other
 //! user maps root to itself alone. Host files owned by root (or anyone unmapped) show as
 //! `nobody`, so root inside cannot read `/etc/shadow` or change the host's files. Its own
-//! hostname, loopback only, its own `/proc`, `/tmp` and minimal `/dev`, the host's `/usr`,
-//! `/etc`, `/bin`, `/lib*`, `/sbin` and `/opt` under an overlay whose writes land in the
-//! sandbox's directory, `/workspace` bound from the host (files the server writes there
-//! are given to the sandbox's root), and no_new_privs. The old root is detached after
+//! hostname, loopback only (or, with `network: full`, the host's network namespace: the
+//! host's interfaces and loopback, outbound access, still its own user, pid and mount
+//! namespaces), its own `/proc`, `/tmp` and minimal `/dev`, the host's `/usr`, `/etc`,
+//! `/bin`, `/lib*`, `/sbin` and `/opt` (or, with `image` naming a directory, that
+//! directory's top level) under overlays whose writes land in the sandbox's directory
+//! (`/usr/local` and its subdirectories belong to the sandbox's root, so installs there
+//! work; other lower files keep their owners), `/workspace` bound from the host (files
+//! the server writes there are given to the sandbox's root), and no_new_privs. The old root is detached after
 //! `pivot_root`. Every command runs under a seccomp filter (x86_64; mounts, new
 //! namespaces, kernel modules, keyrings, BPF, perf, io_uring... answered EPERM, other
 //! system call ABIs killed) and a Landlock ruleset (where the kernel has it: writes only
@@ -34,7 +38,7 @@
 //! Streaming exec runs on pipes through the same init connection (a dropped stream kills
 //! the command). Not yet (answered [`Unsupported`](cthulu_core::SandboxError::Unsupported),
 //! and false in the capabilities): PTYs, detached processes, ports, checkpoints;
-//! a create asking for a disk limit, full network or an image is refused.
+//! a create asking for a disk limit is refused.
 //!
 //! On disk, per sandbox:
 //!

@@ -112,6 +112,7 @@ impl NamespaceProvider {
         sandbox_id: &SandboxId,
         dir: &Path,
         spec: &SandboxSpec,
+        image: Option<&Path>,
         made: &mut Made,
     ) -> Result<SandboxState, SandboxError> {
         let workspace = dir.join(WORKSPACE_DIR);
@@ -128,6 +129,8 @@ impl NamespaceProvider {
             hostname: hostname.to_owned(),
             ids: self.ids,
             cgroups: cgroups.dirs(),
+            host_network: spec.network == NetworkMode::Full,
+            image: image.map(Path::to_owned),
         };
         let config_path = dir.join(CONFIG_FILE);
         fs_err::write(
@@ -163,24 +166,47 @@ struct Made {
     cgroups: Option<SandboxCgroups>,
 }
 
-/// What this increment refuses at create rather than pretend to enforce (limits are
-/// checked by [`Cgroups::check`]).
-fn refuse_unsupported(spec: &SandboxSpec) -> Result<(), SandboxError> {
-    let unsupported = |operation: &'static str, what: &str| SandboxError::Unsupported {
-        backend: BackendKind::Namespace,
-        operation,
-        reason: format!("{what}: {NOT_YET}"),
+/// Checks what a create asks for beyond limits (those are [`Cgroups::check`]'s and the
+/// disk's) and returns the image directory, if it names one, resolved.
+fn check_spec(spec: &SandboxSpec) -> Result<Option<PathBuf>, SandboxError> {
+    let Some(image) = &spec.image else {
+        return Ok(None);
     };
-    if spec.network == NetworkMode::Full {
-        return Err(unsupported("network: full", "outbound network access is"));
+    image_dir(image).map(Some)
+}
+
+/// The directory an `image` names. The namespace backend takes an absolute path of a
+/// directory holding a root filesystem, nothing else (no registry, no archive).
+fn image_dir(image: &str) -> Result<PathBuf, SandboxError> {
+    let invalid = |message: String| SandboxError::InvalidRequest {
+        field: "image",
+        message,
+    };
+    let path = Path::new(image);
+    if !path.is_absolute() {
+        return Err(invalid(format!(
+            "{image:?} is not accepted: the namespace backend takes the absolute path of a \
+             directory holding a root filesystem (say /srv/rootfs/debian), shown read-only \
+             as the sandbox's / with its writes kept apart; not an image name or an archive"
+        )));
     }
-    if spec.image.is_some() {
-        return Err(unsupported(
-            "image",
-            "a rootfs of its own is; sandboxes show the host's system directories, which is",
-        ));
+    let resolved = match std::fs::canonicalize(path) {
+        Ok(resolved) => resolved,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(invalid(format!(
+                "{image} does not exist (give the absolute path of a root filesystem \
+                 directory on the server)"
+            )))
+        }
+        Err(error) => return Err(invalid(format!("{image} cannot be used: {error}"))),
+    };
+    if !resolved.is_dir() {
+        return Err(invalid(format!(
+            "{image} is not a directory (give the absolute path of a root filesystem \
+             directory on the server)"
+        )));
     }
-    Ok(())
+    Ok(resolved)
 }
 
 /// Why namespace sandboxes cannot be made on this machine, if they cannot.
@@ -282,7 +308,7 @@ impl SandboxProvider for NamespaceProvider {
         spec: &SandboxSpec,
     ) -> Result<Arc<dyn SandboxHandle>, SandboxError> {
         self.check_available()?;
-        refuse_unsupported(spec)?;
+        let image = check_spec(spec)?;
         self.cgroups.check(&spec.resources)?;
         let dir = self.sandbox_dir(sandbox_id);
         // 0700: the control socket accepts whoever can reach it.
@@ -296,7 +322,10 @@ impl SandboxProvider for NamespaceProvider {
                 _ => SandboxError::io("create", &dir, error),
             })?;
         let mut made = Made::default();
-        match self.create(sandbox_id, &dir, spec, &mut made).await {
+        match self
+            .create(sandbox_id, &dir, spec, image.as_deref(), &mut made)
+            .await
+        {
             Ok(state) => Ok(self.remember(NamespaceSandbox::new(dir, state))),
             Err(error) => {
                 let cleanup = async {
@@ -372,18 +401,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn full_network_and_images_are_refused_not_ignored() {
-        assert!(refuse_unsupported(&SandboxSpec::default()).is_ok());
-        let full = SandboxSpec {
-            network: NetworkMode::Full,
+    fn images_are_absolute_directories() {
+        assert_eq!(check_spec(&SandboxSpec::default()).unwrap(), None);
+        let image = |image: &str| SandboxSpec {
+            image: Some(image.to_owned()),
             ..SandboxSpec::default()
         };
-        assert!(matches!(
-            refuse_unsupported(&full),
-            Err(SandboxError::Unsupported {
-                operation: "network: full",
-                ..
-            })
-        ));
+        let message = |spec: &SandboxSpec| match check_spec(spec) {
+            Err(SandboxError::InvalidRequest {
+                field: "image",
+                message,
+            }) => message,
+            other => panic!("expected an invalid image, got {other:?}"),
+        };
+        assert!(message(&image("debian:12")).contains("absolute path of a directory"));
+        assert!(message(&image("/no/such/rootfs")).contains("/no/such/rootfs does not exist"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let file = file.display().to_string();
+        assert!(message(&image(&file)).contains(&format!("{file} is not a directory")));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        assert_eq!(
+            check_spec(&image(&link.display().to_string())).unwrap(),
+            Some(dir.path().canonicalize().unwrap())
+        );
     }
 }

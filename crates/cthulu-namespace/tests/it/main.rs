@@ -5,7 +5,9 @@
 // The seccomp filter, and so these attacks on it, are x86_64 only.
 #[cfg(target_arch = "x86_64")]
 mod hardening;
+mod image;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod network;
 mod support;

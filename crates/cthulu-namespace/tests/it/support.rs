@@ -60,6 +60,17 @@ impl Fixture {
         (sandbox_id, handle)
     }
 
+    /// A sandbox made from `spec`.
+    pub async fn sandbox_with(&self, spec: &SandboxSpec) -> (SandboxId, Arc<dyn SandboxHandle>) {
+        let sandbox_id = SandboxId::generate();
+        let handle = self
+            .provider
+            .provision(&sandbox_id, spec)
+            .await
+            .unwrap_or_else(|error| panic!("provisioning {spec:?}: {error}"));
+        (sandbox_id, handle)
+    }
+
     pub fn dir(&self, sandbox_id: &SandboxId) -> PathBuf {
         self.provider.root().join(sandbox_id.as_str())
     }
