@@ -16,9 +16,11 @@
 //! [`RestoreOptions::owners`]) their owners; sockets, FIFOs and devices are skipped. With
 //! [`ArchiveOptions::overlay`] the trees are overlayfs upper layers: whiteouts (character
 //! devices 0:0) and the `trusted.overlay.*` / `user.overlay.*` attributes of directories
-//! and files (`opaque`, `origin`...) are kept too, as PAX `SCHILY.xattr.*` records, and
-//! restore makes them again or fails, naming the entry (a filesystem without user
-//! attributes cannot hold an opaque directory).
+//! and files (`opaque`, `origin`...) are kept too, as PAX `CTHULU.xattr.<name>` records
+//! with the value in hex (binary values such as `origin` may hold a newline, which the
+//! `tar` crate's PAX reader takes for the end of a record), and restore makes them again
+//! or fails, naming the entry (a filesystem without user attributes cannot hold an
+//! opaque directory).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -41,8 +43,8 @@ const IO_BUFFER: usize = 1 << 20;
 const XATTR_MAX: usize = 1 << 16;
 /// Attribute prefixes of overlayfs kept with [`ArchiveOptions::overlay`].
 const OVERLAY_XATTRS: [&str; 2] = ["trusted.overlay.", "user.overlay."];
-/// How PAX records carry extended attributes (GNU tar's and bsdtar's name).
-const PAX_XATTR: &str = "SCHILY.xattr.";
+/// How PAX records of ours carry extended attributes (values in hex).
+const PAX_XATTR: &str = "CTHULU.xattr.";
 
 /// One directory of an archive.
 #[derive(Debug, Clone, Copy)]
@@ -165,8 +167,11 @@ fn overlay_xattrs(file: &impl AsFd) -> io::Result<Vec<(String, Vec<u8>)>> {
             Err(Errno::NODATA) => continue,
             Err(errno) => return Err(errno.into()),
         };
-        value.truncate(length);
-        records.push((format!("{PAX_XATTR}{name}"), value));
+        let hex: String = value[..length]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        records.push((format!("{PAX_XATTR}{name}"), hex.into_bytes()));
     }
     Ok(records)
 }
@@ -406,8 +411,10 @@ pub fn restore_archive(
             .owners
             .map(|range| range.clamp(header.uid().unwrap_or(0), header.gid().unwrap_or(0)));
         let whiteout = header.entry_type() == tar::EntryType::Char
-            && header.device_major()? == Some(0)
-            && header.device_minor()? == Some(0);
+            && matches!(
+                (header.device_major(), header.device_minor()),
+                (Ok(Some(0)), Ok(Some(0)))
+            );
         let chown_at = |parent: &OwnedFd| -> io::Result<()> {
             if let Some((uid, gid)) = owner {
                 rustix::fs::chownat(
@@ -508,11 +515,27 @@ fn overlay_records<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(St
         let Some(name) = key.strip_prefix(PAX_XATTR) else {
             continue;
         };
-        if OVERLAY_XATTRS.iter().any(|prefix| name.starts_with(prefix)) {
-            records.push((name.to_owned(), extension.value_bytes().to_vec()));
+        if !OVERLAY_XATTRS.iter().any(|prefix| name.starts_with(prefix)) {
+            continue;
         }
+        let value = unhex(extension.value_bytes()).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the value of the attribute {name} is not hex"),
+            )
+        })?;
+        records.push((name.to_owned(), value));
     }
     Ok(records)
+}
+
+fn unhex(text: &[u8]) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    text.chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect()
 }
 
 fn set_xattrs(file: &impl AsFd, records: &[(String, Vec<u8>)]) -> io::Result<()> {
@@ -634,6 +657,10 @@ mod tests {
             return;
         }
         drop(opaque);
+        let origin = File::open(upper.join("etc/opaque/kept")).unwrap();
+        let binary = b"\n\0=\xff 12 x\n";
+        rustix::fs::fsetxattr(&origin, "user.overlay.origin", binary, XattrFlags::empty()).unwrap();
+        drop(origin);
         let whiteout = upper.join("etc/removed");
         rustix::fs::mknodat(
             rustix::fs::CWD,
@@ -668,13 +695,98 @@ mod tests {
             b"two"
         );
         let opaque = File::open(upper.join("etc/opaque")).unwrap();
-        let mut value = [0u8; 8];
+        let mut value = [0u8; 16];
         let length = rustix::fs::fgetxattr(&opaque, "user.overlay.opaque", &mut value[..]).unwrap();
         assert_eq!(&value[..length], b"y");
+        let origin = File::open(upper.join("etc/opaque/kept")).unwrap();
+        let length = rustix::fs::fgetxattr(&origin, "user.overlay.origin", &mut value[..]).unwrap();
+        assert_eq!(&value[..length], binary);
         let stat = rustix::fs::lstat(&whiteout).unwrap();
         assert_eq!(
             (FileType::from_raw_mode(stat.st_mode), stat.st_rdev),
             (FileType::CharacterDevice, 0)
         );
+    }
+
+    /// A tar entry written byte by byte (the builder refuses `..` and absolute paths).
+    fn raw_entry(archive: &mut Vec<u8>, path: &str, kind: tar::EntryType, link: &str) {
+        let mut header = tar::Header::new_gnu();
+        let gnu = header.as_gnu_mut().unwrap();
+        gnu.name[..path.len()].copy_from_slice(path.as_bytes());
+        gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        header.set_size(if kind == tar::EntryType::Regular {
+            1
+        } else {
+            0
+        });
+        header.set_cksum();
+        archive.extend_from_slice(header.as_bytes());
+        if kind == tar::EntryType::Regular {
+            archive.extend_from_slice(&[b'x'; 512]);
+        }
+    }
+
+    #[test]
+    fn entries_outside_their_trees_are_skipped_and_symlinks_out_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tree, outside) = (dir.path().join("tree"), dir.path().join("outside"));
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let trees = [Tree {
+            name: "tree",
+            path: &tree,
+        }];
+        let archive = dir.path().join("c.tar.gz");
+        let write = |entries: &[(&str, tar::EntryType, &str)]| {
+            let mut raw = Vec::new();
+            for (path, kind, link) in entries {
+                raw_entry(&mut raw, path, *kind, link);
+            }
+            raw.extend_from_slice(&[0; 1024]);
+            let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
+            encoder.write_all(&raw).unwrap();
+            std::fs::write(&archive, encoder.finish().unwrap()).unwrap();
+        };
+        let regular = tar::EntryType::Regular;
+        let absolute = format!("{}/absolute", outside.display());
+        write(&[
+            ("../outside/dotdot", regular, ""),
+            ("tree/../../outside/dotdot", regular, ""),
+            (&absolute, regular, ""),
+            ("other/file", regular, ""),
+            ("tree/null", tar::EntryType::Char, ""),
+            ("tree/kept", regular, ""),
+        ]);
+        let options = RestoreOptions {
+            overlay: true,
+            owners: None,
+        };
+        restore_archive(&trees, &archive, options).unwrap();
+        let names = |dir: &Path| -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(&tree), ["kept"]);
+        let outside_text = outside.display().to_string();
+        for (link, target) in [
+            ("tree/abs", outside_text.as_str()),
+            ("tree/rel", "../outside"),
+        ] {
+            for through in [format!("{link}/escaped"), link.to_owned()] {
+                write(&[
+                    (link, tar::EntryType::Symlink, target),
+                    (&through, regular, ""),
+                ]);
+                let error = restore_archive(&trees, &archive, options).unwrap_err();
+                assert!(error.to_string().contains(&through), "{error}");
+            }
+        }
+        assert!(names(&outside).is_empty());
     }
 }

@@ -36,14 +36,23 @@
 //! machine cannot enforce is refused at create, by name.
 //!
 //! Streaming exec runs on pipes through the same init connection (a dropped stream kills
-//! the command). Not yet (answered [`Unsupported`](cthulu_core::SandboxError::Unsupported),
-//! and false in the capabilities): PTYs, detached processes, ports, checkpoints;
-//! a create asking for a disk limit is refused.
+//! the command).
+//!
+//! Filesystem checkpoints (module `checkpoint`) archive the sandbox's whole writable state
+//! (workspace, `root/`, the overlays' upper layer with its whiteouts, opaque directories
+//! and owners); restore ends the sandbox's processes, puts the files back while no
+//! overlay is mounted on them, and starts a new init: id, env, limits and status stay,
+//! processes do not (a memory checkpoint is `Unsupported`).
+//!
+//! Not yet (answered [`Unsupported`](cthulu_core::SandboxError::Unsupported), and false in
+//! the capabilities): PTYs, detached processes, ports; a create asking for a disk limit is
+//! refused.
 //!
 //! On disk, per sandbox:
 //!
 //! ```text
-//! <root>/<sandbox_id>/state.json     env, status, init pid and start time, ids, cgroups
+//! <root>/<sandbox_id>/state.json     env, status, init pid and start time, ids, cgroups,
+//!                                    checkpoints
 //!                    /init.json      what init builds (hostname, ids, cgroups)
 //!                    /init.sock      init's control socket
 //!                    /init.log       init's stderr
@@ -51,9 +60,11 @@
 //!                    /root/          / inside (/root, /home, /var... are written here)
 //!                    /layer/upper/   writes to /usr, /etc... inside
 //!                    /layer/work/    overlayfs work directories
+//!                    /checkpoints/   <checkpoint_id>.tar.gz
 //! ```
 
 mod cgroup;
+mod checkpoint;
 mod config;
 mod error;
 mod exec;

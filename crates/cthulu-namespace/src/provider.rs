@@ -258,7 +258,7 @@ pub(crate) fn capabilities(can_freeze: bool) -> Capabilities {
         detached_processes: false,
         files: true,
         ports: false,
-        checkpoint: CheckpointSupport::None,
+        checkpoint: CheckpointSupport::Filesystem,
         stop_resume: can_freeze,
         network_policy: true,
     }
@@ -326,7 +326,9 @@ impl SandboxProvider for NamespaceProvider {
             .create(sandbox_id, &dir, spec, image.as_deref(), &mut made)
             .await
         {
-            Ok(state) => Ok(self.remember(NamespaceSandbox::new(dir, state))),
+            Ok(state) => {
+                Ok(self.remember(NamespaceSandbox::new(dir, state, self.config.init.clone())))
+            }
             Err(error) => {
                 let cleanup = async {
                     if let Some(pid) = made.init.and_then(crate::state::InitProcess::find) {
@@ -373,7 +375,7 @@ impl SandboxProvider for NamespaceProvider {
         if state.status == SandboxStatus::Running && !state.init.is_alive() {
             state.status = SandboxStatus::Lost;
         }
-        Ok(self.remember(NamespaceSandbox::new(dir, state)))
+        Ok(self.remember(NamespaceSandbox::new(dir, state, self.config.init.clone())))
     }
 
     async fn list(&self) -> Result<Vec<SandboxId>, SandboxError> {

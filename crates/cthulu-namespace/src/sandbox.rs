@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -17,6 +18,7 @@ use cthulu_types::{
 };
 
 use crate::cgroup::SandboxCgroups;
+use crate::config::InitCommand;
 use crate::init::SOCKET_FILE;
 use crate::launch::{kill_init, remove_dir};
 use crate::provider::NOT_YET;
@@ -33,17 +35,25 @@ pub struct NamespaceSandbox {
     /// The init's control socket.
     pub(crate) socket: PathBuf,
     pub(crate) env: BTreeMap<String, String>,
-    init: InitProcess,
     pub(crate) cgroups: SandboxCgroups,
     /// What goes into state.json again when the status changes; its status is the
-    /// sandbox's.
+    /// sandbox's, its init the sandbox's init.
     state: Mutex<SandboxState>,
-    /// Serialises destroys.
-    destroying: tokio::sync::Mutex<()>,
+    /// Serialises destroys, stops, resumes, checkpoints and restores.
+    pub(crate) destroying: tokio::sync::Mutex<()>,
+    /// How to start init again (a restore replaces it).
+    pub(crate) init_command: InitCommand,
+    /// A restore has killed init and not yet started the next: a command failing now
+    /// does not mean the sandbox is lost.
+    pub(crate) restoring: AtomicBool,
 }
 
 impl NamespaceSandbox {
-    pub(crate) fn new(dir: PathBuf, state: SandboxState) -> NamespaceSandbox {
+    pub(crate) fn new(
+        dir: PathBuf,
+        state: SandboxState,
+        init_command: InitCommand,
+    ) -> NamespaceSandbox {
         NamespaceSandbox {
             sandbox_id: state.sandbox_id.clone(),
             // Files the server writes there belong to the sandbox's root.
@@ -60,14 +70,15 @@ impl NamespaceSandbox {
             socket: dir.join(SOCKET_FILE),
             dir,
             env: state.env.clone(),
-            init: state.init,
             cgroups: state.cgroups.clone(),
             state: Mutex::new(state),
             destroying: tokio::sync::Mutex::new(()),
+            init_command,
+            restoring: AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, SandboxState> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SandboxState> {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -80,8 +91,17 @@ impl NamespaceSandbox {
     /// When init died under a running sandbox (killed from outside, OOM): the sandbox is
     /// lost, and this is the error that says so. `None` while init lives.
     pub(crate) fn init_gone(&self) -> Option<SandboxError> {
-        if self.init.is_alive() {
+        if self.init().is_alive() {
             return None;
+        }
+        if self.restoring.load(Ordering::SeqCst) {
+            return Some(SandboxError::system(
+                "run a command",
+                std::io::Error::other(
+                    "the sandbox is being restored from a checkpoint (its processes were \
+                     ended); run it again once the restore has returned",
+                ),
+            ));
         }
         let mut state = self.lock();
         if state.status == SandboxStatus::Running {
@@ -92,7 +112,12 @@ impl NamespaceSandbox {
 
     /// The host pid of the sandbox's init (PID 1 inside).
     pub fn init_pid(&self) -> i32 {
-        self.init.pid
+        self.init().pid
+    }
+
+    /// The sandbox's init now (a restore starts a new one).
+    pub(crate) fn init(&self) -> InitProcess {
+        self.lock().init
     }
 
     /// The sandbox's directory on the host.
@@ -111,7 +136,7 @@ impl NamespaceSandbox {
         if self.cgroups.freezer.is_some() {
             let _ = self.cgroups.freeze(false).await;
         }
-        kill_init(self.init).await?;
+        kill_init(self.init()).await?;
         self.cgroups.remove().await?;
         remove_dir(&self.dir).await?;
         self.lock().status = SandboxStatus::Destroyed;
@@ -144,9 +169,17 @@ impl NamespaceSandbox {
 
     /// Records a new status, in memory and in state.json.
     fn set_status(&self, status: SandboxStatus) -> Result<(), SandboxError> {
+        self.update_state(|state| state.status = status)
+    }
+
+    /// Changes the state, in memory and in state.json (in memory only once written).
+    pub(crate) fn update_state(
+        &self,
+        change: impl FnOnce(&mut SandboxState),
+    ) -> Result<(), SandboxError> {
         let mut state = self.lock();
         let mut changed = state.clone();
-        changed.status = status;
+        change(&mut changed);
         changed
             .save(&self.dir)
             .map_err(|error| SandboxError::io("write", self.dir.join(STATE_FILE), error))?;
@@ -243,20 +276,20 @@ impl SandboxHandle for NamespaceSandbox {
         Err(self.unsupported("ports"))
     }
 
-    async fn checkpoint(&self, _request: CheckpointRequest) -> Result<Checkpoint, SandboxError> {
-        Err(self.unsupported("checkpoints"))
+    async fn checkpoint(&self, request: CheckpointRequest) -> Result<Checkpoint, SandboxError> {
+        self.create_checkpoint(request).await
     }
 
     async fn list_checkpoints(&self) -> Result<Vec<Checkpoint>, SandboxError> {
-        Err(self.unsupported("checkpoints"))
+        self.checkpoints()
     }
 
-    async fn restore(&self, _checkpoint: &str) -> Result<(), SandboxError> {
-        Err(self.unsupported("checkpoints"))
+    async fn restore(&self, checkpoint: &str) -> Result<(), SandboxError> {
+        self.restore_checkpoint(checkpoint).await
     }
 
-    async fn delete_checkpoint(&self, _checkpoint: &str) -> Result<(), SandboxError> {
-        Err(self.unsupported("checkpoints"))
+    async fn delete_checkpoint(&self, checkpoint: &str) -> Result<(), SandboxError> {
+        self.remove_checkpoint(checkpoint).await
     }
 
     async fn stop(&self) -> Result<(), SandboxError> {

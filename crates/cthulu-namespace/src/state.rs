@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::Path;
 
-use cthulu_types::{SandboxId, SandboxStatus};
+use cthulu_types::{Checkpoint, SandboxId, SandboxStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::SandboxCgroups;
@@ -14,6 +14,10 @@ use crate::init::IdMapping;
 pub(crate) const STATE_FILE: &str = "state.json";
 pub(crate) const WORKSPACE_DIR: &str = "workspace";
 pub(crate) const INIT_LOG: &str = "init.log";
+/// `/` inside: /root, /home, /var... are written here.
+pub(crate) const ROOT_DIR: &str = "root";
+/// The overlays' upper directories, one per lower directory.
+pub(crate) const UPPER_DIR: &str = "layer/upper";
 
 const STATE_VERSION: u32 = 1;
 
@@ -32,6 +36,9 @@ pub(crate) struct SandboxState {
     pub ids: Option<IdMapping>,
     #[serde(default)]
     pub cgroups: SandboxCgroups,
+    /// Filesystem checkpoints, oldest first (archives in `checkpoints/`).
+    #[serde(default)]
+    pub checkpoints: Vec<Checkpoint>,
 }
 
 /// The sandbox's init as the host sees it. The start time tells it apart from a later
@@ -111,6 +118,7 @@ impl SandboxState {
             init,
             ids: Some(ids),
             cgroups,
+            checkpoints: Vec::new(),
         }
     }
 

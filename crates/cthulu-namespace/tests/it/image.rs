@@ -14,7 +14,7 @@ const PROGRAMS: [&str; 7] = ["sh", "cat", "ls", "mkdir", "rm", "id", "touch"];
 /// A root filesystem under `root` with [`PROGRAMS`] in /usr/bin (bin and lib symlinked
 /// into /usr, as on a merged-/usr distribution), /etc/marker and an empty /usr/local.
 /// `Err` says why it cannot be made here.
-fn make_rootfs(root: &Path) -> Result<(), String> {
+pub fn make_rootfs(root: &Path) -> Result<(), String> {
     for dir in ["usr/bin", "usr/lib", "usr/local/bin", "etc", "lib64", "var"] {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }

@@ -3,6 +3,7 @@
 //! the backend cannot run on this machine.
 
 // The seccomp filter, and so these attacks on it, are x86_64 only.
+mod checkpoint;
 #[cfg(target_arch = "x86_64")]
 mod hardening;
 mod image;
