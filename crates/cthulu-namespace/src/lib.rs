@@ -32,8 +32,11 @@
 //! by init and applied just before each `execve` ([`init`]).
 //!
 //! Limits (module `cgroup`): memory (OOM kills reported on the exec), pids and cpus through
-//! cgroup v1 when the server can write it; stop/resume through the v1 freezer. A limit the
-//! machine cannot enforce is refused at create, by name.
+//! cgroup v1 when the server can write it; stop/resume through the v1 freezer. Disk
+//! (module `disk`, root servers only): the sandbox's writable directories live on an ext4
+//! image of `disk_mb` that the server loop-mounts (`LOOP_CONFIGURE`, autoclear) and binds
+//! into the sandbox's directory, so writes stop with ENOSPC. A limit the machine cannot
+//! enforce is refused at create, by name.
 //!
 //! Streaming exec runs on pipes through the same init connection (a dropped stream kills
 //! the command).
@@ -45,8 +48,7 @@
 //! processes do not (a memory checkpoint is `Unsupported`).
 //!
 //! Not yet (answered [`Unsupported`](cthulu_core::SandboxError::Unsupported), and false in
-//! the capabilities): PTYs, detached processes, ports; a create asking for a disk limit is
-//! refused.
+//! the capabilities): PTYs, detached processes, ports.
 //!
 //! On disk, per sandbox:
 //!
@@ -61,11 +63,14 @@
 //!                    /layer/upper/   writes to /usr, /etc... inside
 //!                    /layer/work/    overlayfs work directories
 //!                    /checkpoints/   <checkpoint_id>.tar.gz
+//!                    /disk.img       with a disk limit: the ext4 image whose workspace/,
+//!                                    root/ and layer/ are bound over those above
 //! ```
 
 mod cgroup;
 mod checkpoint;
 mod config;
+mod disk;
 mod error;
 mod exec;
 pub mod init;

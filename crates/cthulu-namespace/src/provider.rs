@@ -15,6 +15,7 @@ use cthulu_types::{
 
 use crate::cgroup::{Cgroups, SandboxCgroups};
 use crate::config::NamespaceConfig;
+use crate::disk::{self, Disk};
 use crate::error::NamespaceError;
 use crate::init::{IdMapping, InitConfig, CONFIG_FILE};
 use crate::launch::{kill_init, remove_dir, start_init};
@@ -37,6 +38,8 @@ pub struct NamespaceProvider {
     ids: IdMapping,
     cgroups: Cgroups,
     handles: Mutex<HashMap<SandboxId, Weak<NamespaceSandbox>>>,
+    /// Whether disk limits can be given, and how.
+    disk: Disk,
 }
 
 impl NamespaceProvider {
@@ -65,6 +68,7 @@ impl NamespaceProvider {
             ids,
             cgroups: Cgroups::detect(),
             handles: Mutex::new(HashMap::new()),
+            disk: Disk::detect(),
         })
     }
 
@@ -115,9 +119,19 @@ impl NamespaceProvider {
         image: Option<&Path>,
         made: &mut Made,
     ) -> Result<SandboxState, SandboxError> {
+        if let Some(megabytes) = spec.resources.disk_mb {
+            made.disk = true;
+            let (dir, disk) = (dir.to_owned(), self.disk.clone());
+            cthulu_host::files::blocking("create the disk", move || disk.create(&dir, megabytes))
+                .await?;
+        }
         let workspace = dir.join(WORKSPACE_DIR);
-        fs_err::create_dir(&workspace)
-            .map_err(|error| SandboxError::io("create", &workspace, error))?;
+        match fs_err::create_dir(&workspace) {
+            Err(error) if !(made.disk && error.kind() == std::io::ErrorKind::AlreadyExists) => {
+                return Err(SandboxError::io("create", &workspace, error));
+            }
+            _ => {}
+        }
         let hostname = if sandbox_id.as_str().len() <= HOST_NAME_MAX {
             sandbox_id.as_str()
         } else {
@@ -145,13 +159,14 @@ impl NamespaceProvider {
                 error
             })?;
         made.init = Some(init.pid);
-        let state = SandboxState::new(
+        let mut state = SandboxState::new(
             sandbox_id.clone(),
             spec.env.clone(),
             init,
             self.ids,
             cgroups,
         );
+        state.disk_mb = spec.resources.disk_mb;
         state
             .save(dir)
             .map_err(|error| SandboxError::io("write", dir.join(STATE_FILE), error))?;
@@ -164,10 +179,12 @@ impl NamespaceProvider {
 struct Made {
     init: Option<i32>,
     cgroups: Option<SandboxCgroups>,
+    /// The sandbox's directories are on a disk image.
+    disk: bool,
 }
 
-/// Checks what a create asks for beyond limits (those are [`Cgroups::check`]'s and the
-/// disk's) and returns the image directory, if it names one, resolved.
+/// Checks what a create asks for beyond limits (those are [`Cgroups::check`]'s and
+/// [`Disk::check`]'s) and returns the image directory, if it names one, resolved.
 fn check_spec(spec: &SandboxSpec) -> Result<Option<PathBuf>, SandboxError> {
     let Some(image) = &spec.image else {
         return Ok(None);
@@ -282,6 +299,7 @@ impl NamespaceProvider {
             ),
         ];
         limits.extend(self.cgroups.limit_support());
+        limits.push(self.disk.limit_support());
         limits
     }
 }
@@ -310,6 +328,7 @@ impl SandboxProvider for NamespaceProvider {
         self.check_available()?;
         let image = check_spec(spec)?;
         self.cgroups.check(&spec.resources)?;
+        self.disk.check(&spec.resources)?;
         let dir = self.sandbox_dir(sandbox_id);
         // 0700: the control socket accepts whoever can reach it.
         std::fs::DirBuilder::new()
@@ -336,6 +355,9 @@ impl SandboxProvider for NamespaceProvider {
                     }
                     if let Some(cgroups) = made.cgroups {
                         cgroups.remove().await?;
+                    }
+                    if made.disk {
+                        disk::release(&dir)?;
                     }
                     remove_dir(&dir).await
                 };

@@ -138,6 +138,7 @@ impl NamespaceSandbox {
         }
         kill_init(self.init()).await?;
         self.cgroups.remove().await?;
+        crate::disk::release(&self.dir)?;
         remove_dir(&self.dir).await?;
         self.lock().status = SandboxStatus::Destroyed;
         Ok(())

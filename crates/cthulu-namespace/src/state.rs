@@ -39,6 +39,9 @@ pub(crate) struct SandboxState {
     /// Filesystem checkpoints, oldest first (archives in `checkpoints/`).
     #[serde(default)]
     pub checkpoints: Vec<Checkpoint>,
+    /// The size of the disk image its writable directories are on, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
 }
 
 /// The sandbox's init as the host sees it. The start time tells it apart from a later
@@ -119,6 +122,7 @@ impl SandboxState {
             ids: Some(ids),
             cgroups,
             checkpoints: Vec::new(),
+            disk_mb: None,
         }
     }
 

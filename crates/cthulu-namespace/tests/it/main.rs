@@ -2,8 +2,9 @@
 //! leaves behind (nothing). Each test prints `SKIP namespace: <reason>` and returns when
 //! the backend cannot run on this machine.
 
-// The seccomp filter, and so these attacks on it, are x86_64 only.
 mod checkpoint;
+mod disk;
+// The seccomp filter, and so these attacks on it, are x86_64 only.
 #[cfg(target_arch = "x86_64")]
 mod hardening;
 mod image;
