@@ -226,7 +226,14 @@ fn parent_for(controller: Controller, mountinfo: &str, own: &str) -> Result<Path
     })?;
     let own = own_group(own, name).unwrap_or_else(|| "/".to_owned());
     let parent = mount.join(own.trim_start_matches('/')).join("cthulu");
-    match std::fs::create_dir_all(&parent) {
+    // An existing directory (made by an earlier root server) may still not be ours.
+    let writable = |parent: &Path| {
+        rustix::fs::access(
+            parent,
+            rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+        )
+    };
+    match std::fs::create_dir_all(&parent).and_then(|()| Ok(writable(&parent)?)) {
         Ok(()) => Ok(parent),
         Err(error) if error.kind() == io::ErrorKind::PermissionDenied => Err(format!(
             "the server cannot write the {name} cgroup {} (run it as root, or give its user \

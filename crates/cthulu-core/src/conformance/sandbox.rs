@@ -200,6 +200,32 @@ impl Sandbox {
         Ok(handle)
     }
 
+    /// [`provision_another`](Self::provision_another) for a spec the backend may refuse as
+    /// `Unsupported` (a limit this server cannot enforce, as `/api/v1/info` says): that
+    /// refusal skips the scenario with the backend's reason.
+    pub async fn provision_another_or_skip(
+        &self,
+        spec: SandboxSpec,
+    ) -> Result<Arc<dyn SandboxHandle>, ScenarioError> {
+        let sandbox_id = SandboxId::generate();
+        let provider = self.provider();
+        let provisioned = within(
+            CALL_LIMIT,
+            "provisioning another sandbox",
+            provider.provision(&sandbox_id, &spec),
+        )
+        .await?;
+        if let Err(SandboxError::Unsupported {
+            operation, reason, ..
+        }) = &provisioned
+        {
+            return Err(self.skip(format!("unsupported: {operation}: {reason}")));
+        }
+        let handle = provisioned.context(format!("provisioning another sandbox {sandbox_id}"))?;
+        lock(&self.shared.others).push((sandbox_id, handle.clone()));
+        Ok(handle)
+    }
+
     /// Runs `spec` to completion; an error from the backend is a failure.
     pub async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput, ScenarioError> {
         exec_on(&self.handle(), spec).await

@@ -38,11 +38,21 @@ async fn an_install_in_usr_local_and_root_files_come_back_with_their_owners() {
         ..SandboxSpec::default()
     };
     let (sandbox_id, handle) = fixture.sandbox_with(&spec).await;
+    // A server that maps only itself gives its sandboxes no other ids to hand out.
+    let ids = mapped_root();
+    let other_owner = ids.count > 2345;
+    let chown = if other_owner {
+        "chown 1234:2345 /usr/local/pkg"
+    } else {
+        "true"
+    };
     sh_ok(
         &handle,
-        "mkdir -p /usr/local/pkg/bin && printf '#!/bin/sh\\necho tool-ran\\n' > /usr/local/pkg/bin/tool \
-         && chmod 755 /usr/local/pkg/bin/tool && chown 1234:2345 /usr/local/pkg && \
-         echo settings > /root/.toolrc && echo data > /workspace/data",
+        &format!(
+            "mkdir -p /usr/local/pkg/bin && printf '#!/bin/sh\\necho tool-ran\\n' > \
+             /usr/local/pkg/bin/tool && chmod 755 /usr/local/pkg/bin/tool && {chown} && \
+             echo settings > /root/.toolrc && echo data > /workspace/data"
+        ),
     )
     .await;
     let init_before = fixture.init_pid(&sandbox_id);
@@ -62,22 +72,28 @@ async fn an_install_in_usr_local_and_root_files_come_back_with_their_owners() {
         "tool-ran\nsettings\ndata\n0\nyes\n"
     );
     // Owners inside as they were, which are the sandbox's ids outside.
+    let expected = if other_owner {
+        "1234:2345\n0:0\n"
+    } else {
+        "0:0\n0:0\n"
+    };
     assert_eq!(
         sh_ok(
             &handle,
             "stat -c %u:%g /usr/local/pkg /usr/local/pkg/bin/tool"
         )
         .await,
-        "1234:2345\n0:0\n"
+        expected
     );
     let upper = fixture.dir(&sandbox_id).join("layer/upper/usr/local/pkg");
-    let ids = mapped_root();
     let metadata = upper.metadata().unwrap();
-    if ids.count > 1234 {
+    if other_owner {
         assert_eq!(
             (metadata.uid(), metadata.gid()),
             (ids.uid + 1234, ids.gid + 2345)
         );
+    } else {
+        assert_eq!((metadata.uid(), metadata.gid()), (ids.uid, ids.gid));
     }
     // Processes did not survive: a new init runs the sandbox.
     assert_ne!(fixture.init_pid(&sandbox_id), init_before);

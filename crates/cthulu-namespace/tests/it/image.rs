@@ -1,6 +1,7 @@
 //! `image`: a directory used as the sandbox's read-only lower root. The test makes a tiny
 //! root filesystem from host programs and the libraries they load.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,6 +22,9 @@ pub fn make_rootfs(root: &Path) -> Result<(), String> {
     std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
     std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
     std::fs::write(root.join("etc/marker"), "from the image\n").unwrap();
+    // As in real root filesystems: a home of root's that only the host's root may enter.
+    std::fs::create_dir(root.join("root")).unwrap();
+    std::fs::set_permissions(root.join("root"), std::fs::Permissions::from_mode(0o700)).unwrap();
     let mut libraries = Vec::new();
     for program in PROGRAMS {
         let host = Path::new("/bin").join(program);
