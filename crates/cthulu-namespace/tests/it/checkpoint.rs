@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use cthulu_core::{SandboxHandle, SandboxSpec};
+use cthulu_core::{SandboxHandle, SandboxProvider, SandboxSpec};
 use cthulu_namespace::init::IdMapping;
 use cthulu_types::{Checkpoint, CheckpointRequest, SandboxStatus};
 
@@ -100,9 +100,7 @@ async fn an_install_in_usr_local_and_root_files_come_back_with_their_owners() {
     assert_eq!(sh_ok(&handle, "pgrep -c sleep || true").await, "0\n");
     // And after a restart of the server the checkpoint is still there.
     let restarted = fixture.restarted();
-    let handle = cthulu_core::SandboxProvider::attach(&restarted, &sandbox_id, &spec)
-        .await
-        .unwrap();
+    let handle = restarted.attach(&sandbox_id, &spec).await.unwrap();
     assert_eq!(handle.list_checkpoints().await.unwrap(), vec![saved]);
     handle.destroy().await.unwrap();
 }
@@ -293,5 +291,61 @@ async fn a_doctored_archive_cannot_write_outside_the_sandbox() {
     );
     // The sandbox runs on after a failed restore.
     assert_eq!(sh_ok(&handle, "echo alive").await, "alive\n");
+    handle.destroy().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_keeps_a_stopped_sandbox_stopped_in_its_cgroups() {
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
+    let info = fixture.provider.info();
+    let pids = info
+        .limits
+        .iter()
+        .any(|limit| limit.limit == "pids" && limit.enforced);
+    if !(info.capabilities.stop_resume && pids) {
+        eprintln!("SKIP namespace checkpoint: this server cannot write cgroups here");
+        return;
+    }
+    let spec = SandboxSpec {
+        resources: cthulu_types::Resources {
+            pids: Some(64),
+            ..cthulu_types::Resources::default()
+        },
+        ..SandboxSpec::default()
+    };
+    let (sandbox_id, handle) = fixture.sandbox_with(&spec).await;
+    sh_ok(&handle, "echo before > /root/file").await;
+    let saved = checkpoint(&handle).await;
+    sh_ok(&handle, "echo after > /root/file").await;
+    handle.stop().await.unwrap();
+    handle
+        .restore(&saved.id)
+        .await
+        .expect("restore of a stopped sandbox");
+    assert_eq!(handle.status(), SandboxStatus::Stopped);
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixture.dir(&sandbox_id).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let init = fixture.init_pid(&sandbox_id).to_string();
+    for controller in ["pids", "freezer"] {
+        let group = Path::new(state["cgroups"][controller].as_str().unwrap()).to_owned();
+        let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|pid| pid == init),
+            "the new init {init} is in the {controller} group: {procs:?}"
+        );
+    }
+    let group = Path::new(state["cgroups"]["freezer"].as_str().unwrap()).to_owned();
+    assert_eq!(
+        std::fs::read_to_string(group.join("freezer.state"))
+            .unwrap()
+            .trim(),
+        "FROZEN"
+    );
+    handle.resume().await.unwrap();
+    assert_eq!(sh_ok(&handle, "cat /root/file").await, "before\n");
     handle.destroy().await.unwrap();
 }
