@@ -25,6 +25,27 @@ pub fn archive_path(sandbox_dir: &Path, checkpoint_id: &str) -> PathBuf {
         .join(format!("{checkpoint_id}.tar.gz"))
 }
 
+/// The answer to a memory checkpoint from a backend that saves files only: `why` says
+/// why its processes cannot be saved.
+pub fn memory_unsupported(backend: BackendKind, why: &str) -> SandboxError {
+    SandboxError::Unsupported {
+        backend,
+        operation: "memory checkpoint",
+        reason: format!("{why}; checkpoint without `memory`"),
+    }
+}
+
+/// The record of a filesystem checkpoint taken now.
+pub fn filesystem_checkpoint(checkpoint_id: String, name: Option<String>, size: u64) -> Checkpoint {
+    Checkpoint {
+        id: checkpoint_id,
+        name,
+        created_at_ms: cthulu_types::now_ms(),
+        size_bytes: size,
+        memory: false,
+    }
+}
+
 /// A new checkpoint id (`c` and 12 random letters and digits).
 pub fn new_checkpoint_id() -> String {
     random_id('c')
@@ -89,11 +110,10 @@ impl HostSandbox {
         request: CheckpointRequest,
     ) -> Result<Checkpoint, SandboxError> {
         if request.memory {
-            return Err(SandboxError::Unsupported {
-                backend: BackendKind::Host,
-                operation: "memory checkpoint",
-                reason: "host processes cannot be saved; checkpoint without `memory`".into(),
-            });
+            return Err(memory_unsupported(
+                BackendKind::Host,
+                "host processes cannot be saved",
+            ));
         }
         {
             let inner = self.lock();
@@ -115,13 +135,7 @@ impl HostSandbox {
             })
             .await?
         };
-        let checkpoint = Checkpoint {
-            id: checkpoint_id,
-            name: request.name,
-            created_at_ms: cthulu_types::now_ms(),
-            size_bytes: size,
-            memory: false,
-        };
+        let checkpoint = filesystem_checkpoint(checkpoint_id, request.name, size);
         let mut inner = self.lock();
         let refused = inner
             .check(Operation::Checkpoint)

@@ -19,7 +19,8 @@ use cthulu_host::archive::{
     restore_archive, write_archive, ArchiveOptions, OwnerRange, RestoreOptions, Tree,
 };
 use cthulu_host::checkpoint::{
-    archive_path, check_name, new_checkpoint_id, position, remove_archive,
+    archive_path, check_name, filesystem_checkpoint, memory_unsupported, new_checkpoint_id,
+    position, remove_archive,
 };
 use cthulu_host::files::blocking;
 use cthulu_types::sandbox::Operation;
@@ -44,13 +45,11 @@ impl NamespaceSandbox {
         request: CheckpointRequest,
     ) -> Result<Checkpoint, SandboxError> {
         if request.memory {
-            return Err(SandboxError::Unsupported {
-                backend: BackendKind::Namespace,
-                operation: "memory checkpoint",
-                reason: "the namespace backend saves the sandbox's files only (its processes \
-                         cannot be saved without CRIU); checkpoint without `memory`"
-                    .into(),
-            });
+            return Err(memory_unsupported(
+                BackendKind::Namespace,
+                "the namespace backend saves the sandbox's files only (its processes cannot \
+                 be saved without CRIU)",
+            ));
         }
         let _serial = self.destroying.lock().await;
         let status = {
@@ -88,13 +87,7 @@ impl NamespaceSandbox {
         };
         let size = written?;
         thawed?;
-        let checkpoint = Checkpoint {
-            id: checkpoint_id,
-            name: request.name,
-            created_at_ms: cthulu_types::now_ms(),
-            size_bytes: size,
-            memory: false,
-        };
+        let checkpoint = filesystem_checkpoint(checkpoint_id, request.name, size);
         let recorded = self.update_state(|state| state.checkpoints.push(checkpoint.clone()));
         if let Err(error) = recorded {
             let _ = fs_err::remove_file(&archive);

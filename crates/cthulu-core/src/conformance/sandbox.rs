@@ -187,17 +187,7 @@ impl Sandbox {
         &self,
         spec: SandboxSpec,
     ) -> Result<Arc<dyn SandboxHandle>, ScenarioError> {
-        let sandbox_id = SandboxId::generate();
-        let provider = self.provider();
-        let handle = within(
-            CALL_LIMIT,
-            "provisioning another sandbox",
-            provider.provision(&sandbox_id, &spec),
-        )
-        .await?
-        .context(format!("provisioning another sandbox {sandbox_id}"))?;
-        lock(&self.shared.others).push((sandbox_id, handle.clone()));
-        Ok(handle)
+        self.provision(spec, false).await
     }
 
     /// [`provision_another`](Self::provision_another) for a spec the backend may refuse as
@@ -207,6 +197,14 @@ impl Sandbox {
         &self,
         spec: SandboxSpec,
     ) -> Result<Arc<dyn SandboxHandle>, ScenarioError> {
+        self.provision(spec, true).await
+    }
+
+    async fn provision(
+        &self,
+        spec: SandboxSpec,
+        skip_unsupported: bool,
+    ) -> Result<Arc<dyn SandboxHandle>, ScenarioError> {
         let sandbox_id = SandboxId::generate();
         let provider = self.provider();
         let provisioned = within(
@@ -215,9 +213,12 @@ impl Sandbox {
             provider.provision(&sandbox_id, &spec),
         )
         .await?;
-        if let Err(SandboxError::Unsupported {
-            operation, reason, ..
-        }) = &provisioned
+        if let (
+            true,
+            Err(SandboxError::Unsupported {
+                operation, reason, ..
+            }),
+        ) = (skip_unsupported, &provisioned)
         {
             return Err(self.skip(format!("unsupported: {operation}: {reason}")));
         }

@@ -11,7 +11,7 @@ use cthulu_core::{SandboxHandle, SandboxProvider, SandboxSpec};
 use cthulu_namespace::init::IdMapping;
 use cthulu_types::{Checkpoint, CheckpointRequest, SandboxStatus};
 
-use crate::support::{sh, sh_ok, Fixture};
+use crate::support::{sh, sh_ok, snapshot, Fixture};
 
 async fn checkpoint(handle: &std::sync::Arc<dyn SandboxHandle>) -> Checkpoint {
     handle
@@ -195,18 +195,10 @@ fn gzip(mut tar: Vec<u8>) -> Vec<u8> {
 
 /// Every path under `dir`.
 fn listing(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_owned()];
-    while let Some(current) = pending.pop() {
-        for entry in std::fs::read_dir(&current).unwrap().flatten() {
-            if entry.file_type().unwrap().is_dir() {
-                pending.push(entry.path());
-            }
-            found.push(entry.path().display().to_string());
-        }
-    }
-    found.sort();
-    found
+    snapshot(dir)
+        .into_iter()
+        .map(|(path, _)| path.display().to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

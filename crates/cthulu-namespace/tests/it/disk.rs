@@ -22,12 +22,17 @@ fn with_disk(megabytes: u64) -> SandboxSpec {
     }
 }
 
+/// Whether this server enforces disk limits; prints the SKIP line when it does not.
 fn disk_enforced(provider: &NamespaceProvider) -> bool {
-    provider
+    let enforced = provider
         .info()
         .limits
         .iter()
-        .any(|limit| limit.limit == "disk" && limit.enforced)
+        .any(|limit| limit.limit == "disk" && limit.enforced);
+    if !enforced {
+        eprintln!("SKIP namespace disk limit: not enforced by this server (see /api/v1/info)");
+    }
+    enforced
 }
 
 /// Mounts of this mount namespace at or below `dir`, as (mount point, filesystem type).
@@ -173,7 +178,6 @@ async fn a_create_failing_after_the_disk_was_made_leaves_nothing() {
         return;
     };
     if !disk_enforced(&fixture.provider) {
-        eprintln!("SKIP namespace disk limit: not enforced by this server (see /api/v1/info)");
         return;
     }
     let root = fixture.state.path().join("broken");
@@ -203,7 +207,6 @@ async fn tiny_disk_limits_are_invalid() {
         return;
     };
     if !disk_enforced(&fixture.provider) {
-        eprintln!("SKIP namespace disk limit: not enforced by this server (see /api/v1/info)");
         return;
     }
     let sandbox_id = SandboxId::generate();

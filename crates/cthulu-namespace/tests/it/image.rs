@@ -8,7 +8,7 @@ use std::process::Command;
 use cthulu_core::{SandboxError, SandboxProvider, SandboxSpec};
 use cthulu_types::SandboxId;
 
-use crate::support::{sh, sh_ok, Fixture};
+use crate::support::{sh, sh_ok, snapshot, Fixture};
 
 const PROGRAMS: [&str; 7] = ["sh", "cat", "ls", "mkdir", "rm", "id", "touch"];
 
@@ -52,30 +52,6 @@ pub fn make_rootfs(root: &Path) -> Result<(), String> {
             .map_err(|error| format!("copying {}: {error}", library.display()))?;
     }
     Ok(())
-}
-
-/// Files of `dir`, recursively, with their contents (symlinks by target).
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_owned()];
-    while let Some(current) = pending.pop() {
-        for entry in std::fs::read_dir(&current).unwrap() {
-            let path = entry.unwrap().path();
-            let metadata = path.symlink_metadata().unwrap();
-            if metadata.is_dir() {
-                pending.push(path.clone());
-                found.push((path, Vec::new()));
-            } else if metadata.is_symlink() {
-                let target = std::fs::read_link(&path).unwrap();
-                found.push((path, target.into_os_string().into_encoded_bytes()));
-            } else {
-                let contents = std::fs::read(&path).unwrap();
-                found.push((path, contents));
-            }
-        }
-    }
-    found.sort();
-    found
 }
 
 #[tokio::test(flavor = "multi_thread")]
