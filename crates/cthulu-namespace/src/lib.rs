@@ -23,8 +23,8 @@
 //! directory's top level) under overlays whose writes land in the sandbox's directory
 //! (`/usr/local` and its subdirectories belong to the sandbox's root, so installs there
 //! work; other lower files keep their owners), `/workspace` bound from the host (files
-//! the server writes there are given to the sandbox's root), and no_new_privs. The old root is detached after
-//! `pivot_root`. Every command runs under a seccomp filter (x86_64; mounts, new
+//! the server writes there are given to the sandbox's root), and no_new_privs. The old
+//! root is detached after `pivot_root`. Every command runs under a seccomp filter (x86_64; mounts, new
 //! namespaces, kernel modules, keyrings, BPF, perf, io_uring... answered EPERM, other
 //! system call ABIs killed) and a Landlock ruleset (where the kernel has it: writes only
 //! beneath `/workspace`, `/tmp`, `/dev`, `/root`, `/home`, `/var`, `/run`, `/mnt`, `/srv`
@@ -55,11 +55,13 @@
 //! ```text
 //! <root>/<sandbox_id>/state.json     env, status, init pid and start time, ids, cgroups,
 //!                                    checkpoints
-//!                    /init.json      what init builds (hostname, ids, cgroups)
+//!                    /init.json      what init builds (hostname, ids, cgroups, network,
+//!                                    image)
 //!                    /init.sock      init's control socket
 //!                    /init.log       init's stderr
 //!                    /workspace/     /workspace inside
-//!                    /root/          / inside (/root, /home, /var... are written here)
+//!                    /root/          / inside (/root, /home, /var... are written here;
+//!                                    with an image, its directories are overlays too)
 //!                    /layer/upper/   writes to /usr, /etc... inside
 //!                    /layer/work/    overlayfs work directories
 //!                    /checkpoints/   <checkpoint_id>.tar.gz
