@@ -47,6 +47,10 @@ pub trait SandboxProvider: Send + Sync + 'static {
 
     /// The sandboxes this backend has on this machine.
     async fn list(&self) -> Result<Vec<SandboxId>, SandboxError>;
+
+    /// The server stops: release what the backend holds ahead of demand (warm sandboxes).
+    /// Sandboxes themselves stay, to be attached by the next server. Default: nothing.
+    async fn shutdown(&self) {}
 }
 
 /// One sandbox. Every operation checks the status first and answers

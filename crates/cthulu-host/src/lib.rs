@@ -12,7 +12,9 @@
 //!   server (a stream past its cap is drained, so a long-lived server is not killed by its
 //!   logs); files resolve race-free beneath the workspace (`openat2` `RESOLVE_BENEATH`);
 //!   exposed ports get a loopback forwarder that `unexpose_port` closes; checkpoints are
-//!   gzipped tar archives of the workspace; stop and resume are `SIGSTOP` / `SIGCONT` to
+//!   gzipped tar archives of the workspace ([`archive`], shared with the namespace
+//!   backend, which also keeps overlay layers and owners; [`checkpoint`] has the
+//!   bookkeeping both use); stop and resume are `SIGSTOP` / `SIGCONT` to
 //!   every process group of the sandbox; destroy kills them all (and sweeps `/proc` for
 //!   whatever still works in the sandbox directory) and removes the directory.
 //!
@@ -31,7 +33,8 @@
 //!                    /procs/<process_id>/   spec.json, sock, pid.json, exit.json, output
 //! ```
 
-mod checkpoint;
+pub mod archive;
+pub mod checkpoint;
 mod command;
 mod config;
 mod error;

@@ -95,7 +95,8 @@ impl Cgroups {
         self.parent(Controller::Freezer).is_ok()
     }
 
-    /// Refuses limits this machine cannot enforce, naming each and why.
+    /// Refuses limits this machine cannot enforce, naming each and why (the disk limit is
+    /// [`Disk::check`](crate::disk::Disk::check)'s).
     pub fn check(&self, resources: &Resources) -> Result<(), SandboxError> {
         let refuse = |operation: &'static str, reason: String| SandboxError::Unsupported {
             backend: BackendKind::Namespace,
@@ -136,12 +137,6 @@ impl Cgroups {
                     return Err(refuse(operation, reason.to_owned()));
                 }
             }
-        }
-        if resources.disk_mb.is_some() {
-            return Err(refuse(
-                "disk limit",
-                "a size limit on the writable layer is not implemented yet".into(),
-            ));
         }
         if resources.vcpus.is_some() {
             return Err(refuse(
@@ -219,13 +214,6 @@ impl Cgroups {
             limit("memory", memory, memory_detail),
             limit("pids", pids, pids_detail),
             limit("cpus", cpus, cpus_detail),
-            limit(
-                "disk",
-                false,
-                "not enforced yet (a size limit on the writable layer comes later); a create \
-                 asking for it is refused"
-                    .into(),
-            ),
         ]
     }
 }
@@ -238,15 +226,14 @@ fn parent_for(controller: Controller, mountinfo: &str, own: &str) -> Result<Path
     })?;
     let own = own_group(own, name).unwrap_or_else(|| "/".to_owned());
     let parent = mount.join(own.trim_start_matches('/')).join("cthulu");
-    // It may exist already, made by another user (root): writable is what counts.
-    let writable = std::fs::create_dir_all(&parent).and_then(|()| {
+    // An existing directory (made by an earlier root server) may still not be ours.
+    let writable = |parent: &Path| {
         rustix::fs::access(
-            &parent,
+            parent,
             rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
         )
-        .map_err(io::Error::from)
-    });
-    match writable {
+    };
+    match std::fs::create_dir_all(&parent).and_then(|()| Ok(writable(&parent)?)) {
         Ok(()) => Ok(parent),
         Err(error) if error.kind() == io::ErrorKind::PermissionDenied => Err(format!(
             "the server cannot write the {name} cgroup {} (run it as root, or give its user \
@@ -486,11 +473,6 @@ mod tests {
             }
             other => panic!("expected Unsupported, got {other:?}"),
         }
-        let disk = Resources {
-            disk_mb: Some(64),
-            ..Resources::default()
-        };
-        assert!(none.check(&disk).is_err());
         assert!(!none.can_freeze());
         assert!(none.limit_support().iter().all(|limit| !limit.enforced));
     }

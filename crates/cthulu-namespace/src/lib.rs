@@ -16,11 +16,15 @@
 //! `0..65536` to a subordinate range from [`init::IdMapping::SUBORDINATE_BASE`]; any other
 //! user maps root to itself alone. Host files owned by root (or anyone unmapped) show as
 //! `nobody`, so root inside cannot read `/etc/shadow` or change the host's files. Its own
-//! hostname, loopback only, its own `/proc`, `/tmp` and minimal `/dev`, the host's `/usr`,
-//! `/etc`, `/bin`, `/lib*`, `/sbin` and `/opt` under an overlay whose writes land in the
-//! sandbox's directory, `/workspace` bound from the host (files the server writes there
-//! are given to the sandbox's root), and no_new_privs. The old root is detached after
-//! `pivot_root`. Every command runs under a seccomp filter (x86_64; mounts, new
+//! hostname, loopback only (or, with `network: full`, the host's network namespace: the
+//! host's interfaces and loopback, outbound access, still its own user, pid and mount
+//! namespaces), its own `/proc`, `/tmp` and minimal `/dev`, the host's `/usr`, `/etc`,
+//! `/bin`, `/lib*`, `/sbin` and `/opt` (or, with `image` naming a directory, that
+//! directory's top level) under overlays whose writes land in the sandbox's directory
+//! (`/usr/local` and its subdirectories belong to the sandbox's root, so installs there
+//! work; other lower files keep their owners), `/workspace` bound from the host (files
+//! the server writes there are given to the sandbox's root), and no_new_privs. The old
+//! root is detached after `pivot_root`. Every command runs under a seccomp filter (x86_64; mounts, new
 //! namespaces, kernel modules, keyrings, BPF, perf, io_uring... answered EPERM, other
 //! system call ABIs killed) and a Landlock ruleset (where the kernel has it: writes only
 //! beneath `/workspace`, `/tmp`, `/dev`, `/root`, `/home`, `/var`, `/run`, `/mnt`, `/srv`
@@ -28,8 +32,11 @@
 //! by init and applied just before each `execve` ([`init`]).
 //!
 //! Limits (module `cgroup`): memory (OOM kills reported on the exec), pids and cpus through
-//! cgroup v1 when the server can write it; stop/resume through the v1 freezer. A limit the
-//! machine cannot enforce is refused at create, by name.
+//! cgroup v1 when the server can write it; stop/resume through the v1 freezer. Disk
+//! (module `disk`, root servers only): the sandbox's writable directories live on an ext4
+//! image of `disk_mb` that the server loop-mounts (`LOOP_CONFIGURE`, autoclear) and binds
+//! into the sandbox's directory, so writes stop with ENOSPC. A limit the machine cannot
+//! enforce is refused at create, by name.
 //!
 //! Streaming exec, PTYs and detached processes run under a process [`shim`] each (the
 //! host backend's shim, [`cthulu_host::shim`], with a launcher that asks init): the shim
@@ -42,32 +49,44 @@
 //! Exposed ports use the host crate's loopback forwarders ([`cthulu_host::ports`]) with a
 //! connector that asks init for a socket connected inside the sandbox's network namespace
 //! (module `ports`): no routing, no firewall rule, works unprivileged.
-//! Not yet (answered [`Unsupported`](cthulu_core::SandboxError::Unsupported), and false
-//! in the capabilities): checkpoints; a create asking for a disk limit, full network or
-//! an image is refused.
+//!
+//! Filesystem checkpoints (module `checkpoint`) archive the sandbox's whole writable state
+//! (workspace, `root/`, the overlays' upper layer with its whiteouts, opaque directories
+//! and owners); restore ends the sandbox's processes, puts the files back while no
+//! overlay is mounted on them, and starts a new init: id, env, limits, ports and status
+//! stay, processes do not (a memory checkpoint is `Unsupported`).
 //!
 //! On disk, per sandbox:
 //!
 //! ```text
 //! <root>/<sandbox_id>/state.json     env, status, init pid and start time, ids, cgroups,
-//!                                    streamed processes, exposed ports
-//!                    /init.json      what init builds (hostname, ids, cgroups)
+//!                                    streamed processes, exposed ports, checkpoints
+//!                    /init.json      what init builds (hostname, ids, cgroups, network,
+//!                                    image)
 //!                    /init.sock      init's control socket
 //!                    /init.log       init's stderr
 //!                    /workspace/     /workspace inside
-//!                    /root/          / inside (/root, /home, /var... are written here)
+//!                    /root/          / inside (/root, /home, /var... are written here;
+//!                                    with an image, its directories are overlays too)
 //!                    /layer/upper/   writes to /usr, /etc... inside
 //!                    /layer/work/    overlayfs work directories
 //!                    /procs/<process_id>/   the shim's spec.json, sock, pid.json,
 //!                                    exit.json, kept output (not visible inside)
+//!                    /checkpoints/   <checkpoint_id>.tar.gz
+//!                    /disk.img       with a disk limit: the ext4 image whose workspace/,
+//!                                    root/ and layer/ are bound over those above
 //! ```
 
 mod cgroup;
+mod checkpoint;
 mod config;
+mod disk;
 mod error;
 mod exec;
 pub mod init;
 mod launch;
+mod maker;
+mod pool;
 mod ports;
 pub mod protocol;
 mod provider;

@@ -41,6 +41,8 @@ pub enum Request {
     /// On an exec connection: SIGKILL the command's process group and, on a terminal,
     /// every process of its session (a shell's jobs sit in groups of their own).
     KillAll,
+    /// Set the sandbox's hostname (a warm sandbox gets its id when it is claimed).
+    SetHostname { name: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

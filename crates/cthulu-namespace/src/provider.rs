@@ -2,41 +2,37 @@
 //! them again after a restart.
 
 use std::collections::HashMap;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
 use cthulu_core::{SandboxError, SandboxHandle, SandboxProvider, SandboxSpec};
 use cthulu_types::{
-    BackendInfo, BackendKind, Capabilities, CheckpointSupport, LimitSupport, NetworkMode,
-    SandboxId, SandboxStatus,
+    BackendInfo, BackendKind, Capabilities, CheckpointSupport, LimitSupport, SandboxId,
+    SandboxStatus,
 };
 
-use crate::cgroup::{Cgroups, SandboxCgroups};
+use crate::cgroup::Cgroups;
 use crate::config::NamespaceConfig;
+use crate::disk::Disk;
 use crate::error::NamespaceError;
-use crate::init::{IdMapping, InitConfig, CONFIG_FILE};
-use crate::launch::{kill_init, remove_dir, start_init};
+use crate::init::IdMapping;
+use crate::maker::Maker;
+use crate::pool::Pool;
 use crate::sandbox::NamespaceSandbox;
-use crate::state::{SandboxState, STATE_FILE, WORKSPACE_DIR};
+use crate::state::{SandboxState, STATE_FILE};
 use cthulu_host::workspace::openat2_supported;
-
-/// Why an operation answers `Unsupported`: it comes in a later increment.
-pub(crate) const NOT_YET: &str = "not implemented yet in the namespace backend";
-/// Longest hostname the kernel takes.
-const HOST_NAME_MAX: usize = 64;
 
 /// The namespace backend. Every sandbox it hands out is shared (`provision` and `attach`
 /// of one id give the same handle while it lives).
 pub struct NamespaceProvider {
-    config: NamespaceConfig,
+    /// Makes sandboxes (for creates and for the pool of warm ones).
+    maker: Arc<Maker>,
     /// Why the backend cannot run here, if it cannot.
     unavailable: Option<String>,
-    /// Who root of its sandboxes is outside.
-    ids: IdMapping,
-    cgroups: Cgroups,
     handles: Mutex<HashMap<SandboxId, Weak<NamespaceSandbox>>>,
+    /// Warm sandboxes (none unless [`NamespaceProvider::with_warm_sandboxes`]).
+    pool: Arc<Pool>,
 }
 
 impl NamespaceProvider {
@@ -59,21 +55,36 @@ impl NamespaceProvider {
             rustix::process::geteuid().as_raw(),
             rustix::process::getegid().as_raw(),
         );
-        Ok(NamespaceProvider {
+        let maker = Arc::new(Maker {
             config,
-            unavailable,
             ids,
             cgroups: Cgroups::detect(),
+            disk: Disk::detect(),
+        });
+        Ok(NamespaceProvider {
+            pool: Pool::new(0, maker.clone()),
+            maker,
+            unavailable,
             handles: Mutex::new(HashMap::new()),
         })
     }
 
+    /// Keeps `count` sandboxes made ahead of demand (module `pool`), for creates that ask
+    /// for no limits, network or image: they skip the cgroup joins and the namespace and
+    /// mount setup, which are most of a create. The pool fills at the first create.
+    pub fn with_warm_sandboxes(mut self, count: usize) -> NamespaceProvider {
+        if self.unavailable.is_none() {
+            self.pool = Pool::new(count, self.maker.clone());
+        }
+        self
+    }
+
     pub fn root(&self) -> &Path {
-        &self.config.root
+        self.maker.root()
     }
 
     fn sandbox_dir(&self, sandbox_id: &SandboxId) -> PathBuf {
-        self.config.root.join(sandbox_id.as_str())
+        self.root().join(sandbox_id.as_str())
     }
 
     fn check_available(&self) -> Result<(), SandboxError> {
@@ -84,6 +95,16 @@ impl NamespaceProvider {
                 reason: reason.clone(),
             }),
         }
+    }
+
+    /// The handle of the sandbox in `dir`, remembered.
+    fn sandbox(&self, dir: PathBuf, state: SandboxState) -> Arc<NamespaceSandbox> {
+        self.remember(NamespaceSandbox::new(
+            dir,
+            state,
+            self.maker.config.init.clone(),
+            self.maker.config.shim.clone(),
+        ))
     }
 
     fn remember(&self, sandbox: NamespaceSandbox) -> Arc<NamespaceSandbox> {
@@ -104,83 +125,49 @@ impl NamespaceProvider {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         handles.get(sandbox_id).and_then(Weak::upgrade)
     }
-
-    /// Everything of a provision after the directory exists; the caller cleans up what
-    /// `made` names.
-    async fn create(
-        &self,
-        sandbox_id: &SandboxId,
-        dir: &Path,
-        spec: &SandboxSpec,
-        made: &mut Made,
-    ) -> Result<SandboxState, SandboxError> {
-        let workspace = dir.join(WORKSPACE_DIR);
-        fs_err::create_dir(&workspace)
-            .map_err(|error| SandboxError::io("create", &workspace, error))?;
-        let hostname = if sandbox_id.as_str().len() <= HOST_NAME_MAX {
-            sandbox_id.as_str()
-        } else {
-            "sandbox"
-        };
-        let cgroups = self.cgroups.create(sandbox_id, &spec.resources)?;
-        made.cgroups = Some(cgroups.clone());
-        let config = InitConfig {
-            hostname: hostname.to_owned(),
-            ids: self.ids,
-            cgroups: cgroups.dirs(),
-        };
-        let config_path = dir.join(CONFIG_FILE);
-        fs_err::write(
-            &config_path,
-            serde_json::to_vec(&config).expect("the init config serializes"),
-        )
-        .map_err(|error| SandboxError::io("write", &config_path, error))?;
-        let init = start_init(&self.config.init, dir)
-            .await
-            .map_err(|(error, pid)| {
-                made.init = pid;
-                error
-            })?;
-        made.init = Some(init.pid);
-        let state = SandboxState::new(
-            sandbox_id.clone(),
-            spec.env.clone(),
-            init,
-            self.ids,
-            cgroups,
-        );
-        state
-            .save(dir)
-            .map_err(|error| SandboxError::io("write", dir.join(STATE_FILE), error))?;
-        Ok(state)
-    }
 }
 
-/// What a failed provision had made, for its cleanup.
-#[derive(Default)]
-struct Made {
-    init: Option<i32>,
-    cgroups: Option<SandboxCgroups>,
-}
-
-/// What this increment refuses at create rather than pretend to enforce (limits are
-/// checked by [`Cgroups::check`]).
-fn refuse_unsupported(spec: &SandboxSpec) -> Result<(), SandboxError> {
-    let unsupported = |operation: &'static str, what: &str| SandboxError::Unsupported {
-        backend: BackendKind::Namespace,
-        operation,
-        reason: format!("{what}: {NOT_YET}"),
+/// Checks what a create asks for beyond limits (those are [`Cgroups::check`]'s and
+/// [`Disk::check`]'s) and returns the image directory, if it names one, resolved.
+fn check_spec(spec: &SandboxSpec) -> Result<Option<PathBuf>, SandboxError> {
+    let Some(image) = &spec.image else {
+        return Ok(None);
     };
-    if spec.network == NetworkMode::Full {
-        return Err(unsupported("network: full", "outbound network access is"));
+    image_dir(image).map(Some)
+}
+
+/// The directory an `image` names. The namespace backend takes an absolute path of a
+/// directory holding a root filesystem, nothing else (no registry, no archive).
+fn image_dir(image: &str) -> Result<PathBuf, SandboxError> {
+    let invalid = |message: String| SandboxError::InvalidRequest {
+        field: "image",
+        message,
+    };
+    let path = Path::new(image);
+    if !path.is_absolute() {
+        return Err(invalid(format!(
+            "{image:?} is not accepted: the namespace backend takes the absolute path of a \
+             directory holding a root filesystem (say /srv/rootfs/debian), shown read-only \
+             as the sandbox's / with its writes kept apart; not an image name or an archive"
+        )));
     }
-    if spec.image.is_some() {
-        return Err(unsupported(
-            "image",
-            "a rootfs of its own is; sandboxes show the host's system directories, which is",
-        ));
+    let resolved = match std::fs::canonicalize(path) {
+        Ok(resolved) => resolved,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(invalid(format!(
+                "{image} does not exist (give the absolute path of a root filesystem \
+                 directory on the server)"
+            )))
+        }
+        Err(error) => return Err(invalid(format!("{image} cannot be used: {error}"))),
+    };
+    if !resolved.is_dir() {
+        return Err(invalid(format!(
+            "{image} is not a directory (give the absolute path of a root filesystem \
+             directory on the server)"
+        )));
     }
-    Ok(())
+    Ok(resolved)
 }
 
 /// Why namespace sandboxes cannot be made on this machine, if they cannot.
@@ -232,7 +219,7 @@ pub(crate) fn capabilities(can_freeze: bool) -> Capabilities {
         detached_processes: true,
         files: true,
         ports: true,
-        checkpoint: CheckpointSupport::None,
+        checkpoint: CheckpointSupport::Filesystem,
         stop_resume: can_freeze,
         network_policy: true,
     }
@@ -255,7 +242,8 @@ impl NamespaceProvider {
                 "stdout and stderr are each capped at max_output_bytes; the rest is dropped",
             ),
         ];
-        limits.extend(self.cgroups.limit_support());
+        limits.extend(self.maker.cgroups.limit_support());
+        limits.push(self.maker.disk.limit_support());
         limits
     }
 }
@@ -271,7 +259,7 @@ impl SandboxProvider for NamespaceProvider {
             kind: BackendKind::Namespace,
             available: self.unavailable.is_none(),
             unavailable_reason: self.unavailable.clone(),
-            capabilities: capabilities(self.cgroups.can_freeze()),
+            capabilities: capabilities(self.maker.cgroups.can_freeze()),
             limits: self.limits(),
         }
     }
@@ -282,44 +270,20 @@ impl SandboxProvider for NamespaceProvider {
         spec: &SandboxSpec,
     ) -> Result<Arc<dyn SandboxHandle>, SandboxError> {
         self.check_available()?;
-        refuse_unsupported(spec)?;
-        self.cgroups.check(&spec.resources)?;
+        let image = check_spec(spec)?;
+        self.maker.cgroups.check(&spec.resources)?;
+        self.maker.disk.check(&spec.resources)?;
         let dir = self.sandbox_dir(sandbox_id);
-        // 0700: the control socket accepts whoever can reach it.
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|error| match error.kind() {
-                std::io::ErrorKind::AlreadyExists => SandboxError::AlreadyExists {
-                    path: dir.display().to_string(),
-                },
-                _ => SandboxError::io("create", &dir, error),
-            })?;
-        let mut made = Made::default();
-        match self.create(sandbox_id, &dir, spec, &mut made).await {
-            Ok(state) => {
-                Ok(self.remember(NamespaceSandbox::new(dir, state, self.config.shim.clone())))
-            }
-            Err(error) => {
-                let cleanup = async {
-                    if let Some(pid) = made.init.and_then(crate::state::InitProcess::find) {
-                        kill_init(pid).await?;
-                    }
-                    if let Some(cgroups) = made.cgroups {
-                        cgroups.remove().await?;
-                    }
-                    remove_dir(&dir).await
-                };
-                Err(match cleanup.await {
-                    Ok(()) => error,
-                    Err(cleanup) => SandboxError::ProvisionAndCleanup {
-                        sandbox_id: sandbox_id.clone(),
-                        source: Box::new(error),
-                        cleanup: Box::new(cleanup),
-                    },
-                })
+        if Pool::fits(spec) {
+            if let Some(state) = self.pool.claim(sandbox_id, &dir, spec).await? {
+                return Ok(self.sandbox(dir, state));
             }
         }
+        let state = self
+            .maker
+            .provision_in(sandbox_id, &dir, spec, image.as_deref())
+            .await?;
+        Ok(self.sandbox(dir, state))
     }
 
     async fn attach(
@@ -346,7 +310,7 @@ impl SandboxProvider for NamespaceProvider {
         if state.status == SandboxStatus::Running && !state.init.is_alive() {
             state.status = SandboxStatus::Lost;
         }
-        let sandbox = self.remember(NamespaceSandbox::new(dir, state, self.config.shim.clone()));
+        let sandbox = self.sandbox(dir, state);
         // A lost sandbox has no ports left to forward.
         if sandbox.status().check_exists().is_ok() {
             cthulu_host::ports::restart_forwarders(&*sandbox)?;
@@ -354,8 +318,12 @@ impl SandboxProvider for NamespaceProvider {
         Ok(sandbox)
     }
 
+    async fn shutdown(&self) {
+        self.pool.drain().await;
+    }
+
     async fn list(&self) -> Result<Vec<SandboxId>, SandboxError> {
-        let root = self.config.root.clone();
+        let root = self.root().to_owned();
         cthulu_host::files::blocking("list sandboxes", move || {
             let entries =
                 fs_err::read_dir(&root).map_err(|error| SandboxError::io("list", &root, error))?;
@@ -379,18 +347,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn full_network_and_images_are_refused_not_ignored() {
-        assert!(refuse_unsupported(&SandboxSpec::default()).is_ok());
-        let full = SandboxSpec {
-            network: NetworkMode::Full,
+    fn images_are_absolute_directories() {
+        assert_eq!(check_spec(&SandboxSpec::default()).unwrap(), None);
+        let image = |image: &str| SandboxSpec {
+            image: Some(image.to_owned()),
             ..SandboxSpec::default()
         };
-        assert!(matches!(
-            refuse_unsupported(&full),
-            Err(SandboxError::Unsupported {
-                operation: "network: full",
-                ..
-            })
-        ));
+        let message = |spec: &SandboxSpec| match check_spec(spec) {
+            Err(SandboxError::InvalidRequest {
+                field: "image",
+                message,
+            }) => message,
+            other => panic!("expected an invalid image, got {other:?}"),
+        };
+        assert!(message(&image("debian:12")).contains("absolute path of a directory"));
+        assert!(message(&image("/no/such/rootfs")).contains("/no/such/rootfs does not exist"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let file = file.display().to_string();
+        assert!(message(&image(&file)).contains(&format!("{file} is not a directory")));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        assert_eq!(
+            check_spec(&image(&link.display().to_string())).unwrap(),
+            Some(dir.path().canonicalize().unwrap())
+        );
     }
 }

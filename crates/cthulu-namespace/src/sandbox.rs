@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,9 +21,9 @@ use cthulu_types::{
 };
 
 use crate::cgroup::SandboxCgroups;
+use crate::config::InitCommand;
 use crate::init::SOCKET_FILE;
 use crate::launch::{kill_init, remove_dir};
-use crate::provider::NOT_YET;
 use crate::state::{InitProcess, SandboxState, STATE_FILE, WORKSPACE_DIR};
 use cthulu_host::files;
 use cthulu_host::ports::{self, Forwarders};
@@ -42,21 +43,30 @@ pub struct NamespaceSandbox {
     /// The init's control socket.
     pub(crate) socket: PathBuf,
     pub(crate) env: BTreeMap<String, String>,
-    init: InitProcess,
     pub(crate) cgroups: SandboxCgroups,
     /// How to start a streamed process's shim.
     shim: ShimCommand,
     /// What goes into state.json again when the status changes; its status is the
-    /// sandbox's.
+    /// sandbox's, its init the sandbox's init.
     state: Mutex<SandboxState>,
-    /// Serialises destroys.
-    destroying: tokio::sync::Mutex<()>,
+    /// Serialises destroys, stops, resumes, checkpoints and restores.
+    pub(crate) destroying: tokio::sync::Mutex<()>,
+    /// How to start init again (a restore replaces it).
+    pub(crate) init_command: InitCommand,
+    /// A restore has killed init and not yet started the next: a command failing now
+    /// does not mean the sandbox is lost.
+    pub(crate) restoring: AtomicBool,
     /// Listeners of the exposed ports (locked after `state` when both are).
     forwarders: Mutex<Forwarders>,
 }
 
 impl NamespaceSandbox {
-    pub(crate) fn new(dir: PathBuf, state: SandboxState, shim: ShimCommand) -> NamespaceSandbox {
+    pub(crate) fn new(
+        dir: PathBuf,
+        state: SandboxState,
+        init_command: InitCommand,
+        shim: ShimCommand,
+    ) -> NamespaceSandbox {
         NamespaceSandbox {
             sandbox_id: state.sandbox_id.clone(),
             // Files the server writes there belong to the sandbox's root.
@@ -64,11 +74,12 @@ impl NamespaceSandbox {
             socket: dir.join(SOCKET_FILE),
             dir,
             env: state.env.clone(),
-            init: state.init,
             cgroups: state.cgroups.clone(),
             shim,
             state: Mutex::new(state),
             destroying: tokio::sync::Mutex::new(()),
+            init_command,
+            restoring: AtomicBool::new(false),
             forwarders: Mutex::new(Forwarders::new()),
         }
     }
@@ -92,8 +103,17 @@ impl NamespaceSandbox {
     /// When init died under a running sandbox (killed from outside, OOM): the sandbox is
     /// lost, and this is the error that says so. `None` while init lives.
     pub(crate) fn init_gone(&self) -> Option<SandboxError> {
-        if self.init.is_alive() {
+        if self.init().is_alive() {
             return None;
+        }
+        if self.restoring.load(Ordering::SeqCst) {
+            return Some(SandboxError::system(
+                "run a command",
+                std::io::Error::other(
+                    "the sandbox is being restored from a checkpoint (its processes were \
+                     ended); run it again once the restore has returned",
+                ),
+            ));
         }
         let mut state = self.lock();
         if state.status == SandboxStatus::Running {
@@ -104,7 +124,12 @@ impl NamespaceSandbox {
 
     /// The host pid of the sandbox's init (PID 1 inside).
     pub fn init_pid(&self) -> i32 {
-        self.init.pid
+        self.init().pid
+    }
+
+    /// The sandbox's init now (a restore starts a new one).
+    pub(crate) fn init(&self) -> InitProcess {
+        self.lock().init
     }
 
     /// The sandbox's directory on the host.
@@ -125,11 +150,12 @@ impl NamespaceSandbox {
         }
         self.forwarders().clear();
         let shims = processes::shims_of(&self.dir, &self.lock().processes);
-        kill_init(self.init).await?;
+        kill_init(self.init()).await?;
         // Every process of the sandbox died with init; their shims record that, tell
         // attached clients and exit (or are killed after a grace).
         processes::end_shims(shims, SHIM_EXIT_GRACE).await;
         self.cgroups.remove().await?;
+        crate::disk::release(&self.dir)?;
         remove_dir(&self.dir).await?;
         self.lock().status = SandboxStatus::Destroyed;
         Ok(())
@@ -164,8 +190,11 @@ impl NamespaceSandbox {
         self.update_state(|state| state.status = status)
     }
 
-    /// Changes the state, in memory and in state.json (in memory only once it is saved).
-    fn update_state(&self, change: impl FnOnce(&mut SandboxState)) -> Result<(), SandboxError> {
+    /// Changes the state, in memory and in state.json (in memory only once written).
+    pub(crate) fn update_state(
+        &self,
+        change: impl FnOnce(&mut SandboxState),
+    ) -> Result<(), SandboxError> {
         let mut state = self.lock();
         let mut changed = state.clone();
         change(&mut changed);
@@ -179,19 +208,6 @@ impl NamespaceSandbox {
         state
             .save(&self.dir)
             .map_err(|error| SandboxError::io("write", self.dir.join(STATE_FILE), error))
-    }
-
-    /// The answer to an operation this increment lacks. A sandbox that can no longer run
-    /// anything (destroyed, lost) says that first, as every backend does.
-    fn unsupported(&self, operation: &'static str) -> SandboxError {
-        if let Err(error) = self.check(Operation::Exec) {
-            return error;
-        }
-        SandboxError::Unsupported {
-            backend: BackendKind::Namespace,
-            operation,
-            reason: NOT_YET.to_owned(),
-        }
     }
 }
 
@@ -304,20 +320,20 @@ impl SandboxHandle for NamespaceSandbox {
         ports::list(self)
     }
 
-    async fn checkpoint(&self, _request: CheckpointRequest) -> Result<Checkpoint, SandboxError> {
-        Err(self.unsupported("checkpoints"))
+    async fn checkpoint(&self, request: CheckpointRequest) -> Result<Checkpoint, SandboxError> {
+        self.create_checkpoint(request).await
     }
 
     async fn list_checkpoints(&self) -> Result<Vec<Checkpoint>, SandboxError> {
-        Err(self.unsupported("checkpoints"))
+        self.checkpoints()
     }
 
-    async fn restore(&self, _checkpoint: &str) -> Result<(), SandboxError> {
-        Err(self.unsupported("checkpoints"))
+    async fn restore(&self, checkpoint: &str) -> Result<(), SandboxError> {
+        self.restore_checkpoint(checkpoint).await
     }
 
-    async fn delete_checkpoint(&self, _checkpoint: &str) -> Result<(), SandboxError> {
-        Err(self.unsupported("checkpoints"))
+    async fn delete_checkpoint(&self, checkpoint: &str) -> Result<(), SandboxError> {
+        self.remove_checkpoint(checkpoint).await
     }
 
     async fn stop(&self) -> Result<(), SandboxError> {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use cthulu_host::processes::ProcessRecord;
 use cthulu_host::workspace::Owner;
-use cthulu_types::{ExposedPort, SandboxId, SandboxStatus};
+use cthulu_types::{Checkpoint, ExposedPort, SandboxId, SandboxStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::SandboxCgroups;
@@ -16,6 +16,10 @@ use crate::init::IdMapping;
 pub(crate) const STATE_FILE: &str = "state.json";
 pub(crate) const WORKSPACE_DIR: &str = "workspace";
 pub(crate) const INIT_LOG: &str = "init.log";
+/// `/` inside: /root, /home, /var... are written here.
+pub(crate) const ROOT_DIR: &str = "root";
+/// The overlays' upper directories, one per lower directory.
+pub(crate) const UPPER_DIR: &str = "layer/upper";
 
 const STATE_VERSION: u32 = 1;
 
@@ -40,6 +44,12 @@ pub(crate) struct SandboxState {
     /// Processes started by `exec_stream`, each under a shim (`procs/<process_id>/`).
     #[serde(default)]
     pub processes: Vec<ProcessRecord>,
+    /// Filesystem checkpoints, oldest first (archives in `checkpoints/`).
+    #[serde(default)]
+    pub checkpoints: Vec<Checkpoint>,
+    /// The size of the disk image its writable directories are on, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
 }
 
 /// The sandbox's init as the host sees it. The start time tells it apart from a later
@@ -121,6 +131,8 @@ impl SandboxState {
             cgroups,
             ports: Vec::new(),
             processes: Vec::new(),
+            checkpoints: Vec::new(),
+            disk_mb: None,
         }
     }
 

@@ -20,6 +20,9 @@ const REAPER_PERIOD: Duration = Duration::from_secs(1);
 /// How long shutdown waits for open connections (streams) before it stops anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Warm namespace sandboxes a server keeps unless told otherwise.
+pub const DEFAULT_WARM_SANDBOXES: usize = 2;
+
 /// How to start the server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -35,6 +38,9 @@ pub struct ServerConfig {
     /// How the namespace backend starts a sandbox's init (`cthulu __ns-init` in
     /// production); `None` leaves the backend out of this server.
     pub namespace_init: Option<cthulu_namespace::InitCommand>,
+    /// Namespace sandboxes kept made ahead of demand, so that a create asking for no
+    /// limits, network or image is a claim rather than a start.
+    pub warm_sandboxes: usize,
     /// How the namespace backend starts the shim of a streamed process (`cthulu
     /// __ns-shim` in production); used only with `namespace_init`.
     pub namespace_shim: cthulu_host::ShimCommand,
@@ -113,7 +119,8 @@ impl Server {
                 init: init.clone(),
                 shim: config.namespace_shim.clone(),
             })
-            .map_err(ServerError::NamespaceBackend)?;
+            .map_err(ServerError::NamespaceBackend)?
+            .with_warm_sandboxes(config.warm_sandboxes);
             providers.insert(BackendKind::Namespace, Arc::new(namespace));
         }
 
@@ -195,6 +202,9 @@ impl Server {
             }
         };
         reaper.abort();
+        for provider in self.state.providers.values() {
+            provider.shutdown().await;
+        }
         match outcome {
             Ok(result) => result.map_err(ServerError::Serve),
             Err(_) => Ok(()),

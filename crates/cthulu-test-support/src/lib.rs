@@ -90,6 +90,9 @@ impl TestServer {
             host_shim: shim_command(),
             namespace_init: Some(namespace_init_command()),
             namespace_shim: namespace_shim_command(),
+            // None: a test server is dropped without a graceful stop (the namespace crate
+            // tests the warm pool).
+            warm_sandboxes: 0,
         };
         let server = Server::start(config).await.expect("the server starts");
         let url = format!("http://{}", server.local_addr());

@@ -122,12 +122,15 @@ pub async fn host_loopback_and_other_sandboxes_are_unreachable(sandbox: Sandbox)
     Ok(())
 }
 
+/// Another sandbox with `resources`; a limit the backend refuses as `Unsupported` on this
+/// machine (an unprivileged server cannot write cgroups or mount a disk image) skips the
+/// scenario with its reason.
 async fn limited(
     sandbox: &Sandbox,
     resources: Resources,
 ) -> Result<std::sync::Arc<dyn crate::SandboxHandle>, ScenarioError> {
     sandbox
-        .provision_another(SandboxSpec {
+        .provision_another_or_skip(SandboxSpec {
             resources,
             ..SandboxSpec::default()
         })

@@ -187,15 +187,42 @@ impl Sandbox {
         &self,
         spec: SandboxSpec,
     ) -> Result<Arc<dyn SandboxHandle>, ScenarioError> {
+        self.provision(spec, false).await
+    }
+
+    /// [`provision_another`](Self::provision_another) for a spec the backend may refuse as
+    /// `Unsupported` (a limit this server cannot enforce, as `/api/v1/info` says): that
+    /// refusal skips the scenario with the backend's reason.
+    pub async fn provision_another_or_skip(
+        &self,
+        spec: SandboxSpec,
+    ) -> Result<Arc<dyn SandboxHandle>, ScenarioError> {
+        self.provision(spec, true).await
+    }
+
+    async fn provision(
+        &self,
+        spec: SandboxSpec,
+        skip_unsupported: bool,
+    ) -> Result<Arc<dyn SandboxHandle>, ScenarioError> {
         let sandbox_id = SandboxId::generate();
         let provider = self.provider();
-        let handle = within(
+        let provisioned = within(
             CALL_LIMIT,
             "provisioning another sandbox",
             provider.provision(&sandbox_id, &spec),
         )
-        .await?
-        .context(format!("provisioning another sandbox {sandbox_id}"))?;
+        .await?;
+        if let (
+            true,
+            Err(SandboxError::Unsupported {
+                operation, reason, ..
+            }),
+        ) = (skip_unsupported, &provisioned)
+        {
+            return Err(self.skip(format!("unsupported: {operation}: {reason}")));
+        }
+        let handle = provisioned.context(format!("provisioning another sandbox {sandbox_id}"))?;
         lock(&self.shared.others).push((sandbox_id, handle.clone()));
         Ok(handle)
     }

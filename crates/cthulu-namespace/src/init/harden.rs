@@ -7,8 +7,10 @@
 //! Landlock (best effort, rights vetted up to ABI 5): read and execute anywhere; the
 //! write-type rights (write, truncate, create, remove, rename, device ioctls) only beneath
 //! the sandbox's own directories ([`WRITABLE_ROOT_DIRS`] and the system overlays), so `/`
-//! itself, `/proc` and anything mounted later are read-only. Network rights stay unhandled:
-//! the sandbox's network namespace already isolates it. A kernel without Landlock, or with
+//! itself, `/proc` and anything mounted later are read-only (so are the top-level
+//! directories of an image beyond the host's system directories' names). Network rights
+//! stay unhandled: the sandbox's network namespace already isolates it, or, with
+//! `network: full`, the host's network is what was asked for. A kernel without Landlock, or with
 //! only ABI 1 (which forbids every rename between directories), runs commands without it,
 //! and init's log says so.
 //!

@@ -6,7 +6,8 @@
 //!    socket bound at `<state>/init.sock`, its cgroups joined (everything the sandbox
 //!    runs inherits them), the sandbox's directories made and given to the
 //!    sandbox's root ([`setup::prepare`]).
-//! 2. `unshare` of the user, mount, pid, net, ipc, uts and cgroup namespaces; root inside
+//! 2. `unshare` of the user, mount, pid, net (unless the sandbox has the host's network),
+//!    ipc, uts and cgroup namespaces; root inside
 //!    is mapped to [`IdMapping`]: a range of subordinate ids when the server is root (a
 //!    short-lived helper forked before the `unshare` writes that map from the host's user
 //!    namespace, as only it may), the caller's own uid and gid otherwise.
@@ -47,6 +48,14 @@ pub struct InitConfig {
     /// cgroup directories init joins before it makes the namespaces.
     #[serde(default)]
     pub cgroups: Vec<PathBuf>,
+    /// Keep the host's network namespace (`network: full`) instead of one with loopback
+    /// only.
+    #[serde(default)]
+    pub host_network: bool,
+    /// A directory used as the read-only lower root instead of the host's system
+    /// directories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<PathBuf>,
 }
 
 /// Ids `0..count` inside are `uid..uid + count` (and `gid..gid + count`) outside.
@@ -134,14 +143,16 @@ fn start(state: &Path) -> Result<ExitCode, String> {
     let listener = UnixListener::bind(&socket_path)
         .map_err(|error| format!("binding {}: {error}", socket_path.display()))?;
     join_cgroups(&config.cgroups)?;
-    setup::prepare(state, config.ids)?;
-    let namespaces = UnshareFlags::NEWUSER
+    setup::prepare(state, config.ids, config.image.as_deref())?;
+    let mut namespaces = UnshareFlags::NEWUSER
         | UnshareFlags::NEWNS
         | UnshareFlags::NEWPID
-        | UnshareFlags::NEWNET
         | UnshareFlags::NEWIPC
         | UnshareFlags::NEWUTS
         | UnshareFlags::NEWCGROUP;
+    if !config.host_network {
+        namespaces |= UnshareFlags::NEWNET;
+    }
     let map_writer = if config.ids.is_own() {
         None
     } else {

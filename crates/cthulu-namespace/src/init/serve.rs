@@ -217,6 +217,16 @@ fn handle(
             let _ = answer(&connection, &Response::Refused { message });
             Flow::Continue
         }
+        Request::SetHostname { name } => {
+            let response = match rustix::system::sethostname(name.as_bytes()) {
+                Ok(()) => Response::Done,
+                Err(errno) => Response::Refused {
+                    message: format!("sethostname: {errno}"),
+                },
+            };
+            let _ = answer(&connection, &response);
+            Flow::Continue
+        }
     }
 }
 

@@ -5,6 +5,8 @@
 //! /                  <state>/root (a bind of itself: /root, /home, /var... are written there)
 //! /usr /etc          overlayfs: the host's directory below, <state>/layer/upper/<name> above
 //! /bin /lib* /sbin   the host's symlinks (merged /usr), or overlays like /usr
+//!                    (with an image: every top-level directory of the image, /var, /root...
+//!                    included, is such an overlay, every top-level symlink is copied)
 //! /workspace         bind of <state>/workspace
 //! /tmp /dev/shm      tmpfs
 //! /proc              a proc of the sandbox's pid namespace
@@ -12,6 +14,12 @@
 //! ```
 //!
 //! Nothing propagates back to the host: `/` is made private first.
+//!
+//! The overlays are mounted with `userxattr`: in a user namespace overlayfs may not write
+//! its `trusted.overlay.*` attributes, and without attributes it cannot make a directory
+//! opaque (a directory removed from the lower layer and made again failed with EIO). With
+//! it the upper layer holds whiteouts (character devices 0:0) and `user.overlay.*`
+//! attributes (`opaque`...), which checkpoints keep.
 
 use std::path::Path;
 
@@ -39,6 +47,12 @@ pub const ROOT_DIRS: [&str; 10] = [
     "srv",
 ];
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// Top-level names of an image that are the sandbox's own mounts, never overlays.
+const MOUNTED_ROOT_DIRS: [&str; 4] = ["workspace", "tmp", "proc", "dev"];
+/// Lower directories the sandbox's root is given (with their immediate subdirectories), so
+/// installs there work: lower files keep their owners, and the host's (or an image's)
+/// root is nobody inside. Made in the upper layer before the mount, with the lower modes.
+const GIVEN_DIRS: [&str; 1] = ["usr/local"];
 
 type SetupResult = Result<(), String>;
 
@@ -65,11 +79,55 @@ fn bind(source: &Path, target: &Path) -> SetupResult {
         .map_err(|errno| failed(&format!("binding {} to", source.display()), target, errno))
 }
 
+/// The top-level entries of the lower root that the sandbox shows: for the host the
+/// [`SYSTEM_DIRS`] it has, for an image every directory and symlink but those the sandbox
+/// mounts itself. Names overlayfs options cannot carry are refused.
+pub fn lower_entries(lower: &Path, image: bool) -> Result<Vec<String>, String> {
+    if !image {
+        return Ok(SYSTEM_DIRS
+            .iter()
+            .filter(|name| std::fs::symlink_metadata(lower.join(name)).is_ok())
+            .map(|name| (*name).to_owned())
+            .collect());
+    }
+    let entries = std::fs::read_dir(lower).map_err(|error| failed("listing", lower, error))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|error| failed("listing", lower, error))?;
+        let Ok(name) = entry.file_name().into_string() else {
+            return Err(failed(
+                "using the image",
+                &entry.path(),
+                "the name is not UTF-8",
+            ));
+        };
+        if MOUNTED_ROOT_DIRS.contains(&name.as_str()) {
+            continue;
+        }
+        if name.contains([',', ':', '\\']) {
+            return Err(failed(
+                "using the image",
+                &entry.path(),
+                "overlayfs options cannot carry `,`, `:` or `\\` in a name",
+            ));
+        }
+        let kind = entry
+            .file_type()
+            .map_err(|error| failed("reading", &entry.path(), error))?;
+        if kind.is_dir() || kind.is_symlink() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 /// Makes the directories of the sandbox's filesystem, before the namespaces exist (as
 /// the host user that owns the state directory): `root/`, its directories and the
-/// workspace belong to the sandbox's root (`ids`); the overlays' directories stay the
-/// mounter's (overlayfs refuses an upper directory its mounter does not own).
-pub fn prepare(state: &Path, ids: IdMapping) -> SetupResult {
+/// workspace belong to the sandbox's root (`ids`); so do the overlays' directories
+/// (overlayfs in a user namespace wants its mounter to own them). `image` is the lower
+/// root when the sandbox has one (the host's `/` otherwise).
+pub fn prepare(state: &Path, ids: IdMapping, image: Option<&Path>) -> SetupResult {
     let root = state.join("root");
     let mut owned = vec![root.clone(), state.join("workspace")];
     mkdir(&root)?;
@@ -80,16 +138,19 @@ pub fn prepare(state: &Path, ids: IdMapping) -> SetupResult {
     for layer in ["layer/upper", "layer/work"] {
         mkdir(&state.join(layer))?;
     }
-    for name in SYSTEM_DIRS {
-        let host = Path::new("/").join(name);
-        if !std::fs::symlink_metadata(&host).is_ok_and(|metadata| metadata.is_dir()) {
+    let lower = image.unwrap_or(Path::new("/"));
+    for name in lower_entries(lower, image.is_some())? {
+        if !std::fs::symlink_metadata(lower.join(&name)).is_ok_and(|metadata| metadata.is_dir()) {
             continue;
         }
         for layer in ["layer/upper", "layer/work"] {
-            let dir = state.join(layer).join(name);
+            let dir = state.join(layer).join(&name);
             mkdir(&dir)?;
             owned.push(dir);
         }
+    }
+    for given in GIVEN_DIRS {
+        owned.extend(give(lower, &state.join("layer/upper"), Path::new(given))?);
     }
     if rustix::process::geteuid().as_raw() != ids.uid {
         for path in owned {
@@ -106,6 +167,49 @@ pub fn prepare(state: &Path, ids: IdMapping) -> SetupResult {
     Ok(())
 }
 
+/// Makes `upper/<given>` and its immediate subdirectories where `lower` has them and the
+/// upper layer has nothing yet (a whiteout or an earlier copy wins), with the lower modes;
+/// returns what it made, for the caller to give to the sandbox's root.
+fn give(lower: &Path, upper: &Path, given: &Path) -> Result<Vec<std::path::PathBuf>, String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let source = lower.join(given);
+    let Ok(metadata) = std::fs::symlink_metadata(&source) else {
+        return Ok(Vec::new());
+    };
+    if !metadata.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut made = Vec::new();
+    let mut make = |target: std::path::PathBuf, mode: u32| -> SetupResult {
+        if std::fs::symlink_metadata(&target).is_ok() {
+            return Ok(());
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode & 0o7777)
+            .create(&target)
+            .map_err(|error| failed("creating", &target, error))?;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(|error| failed("setting the mode of", &target, error))?;
+        made.push(target);
+        Ok(())
+    };
+    make(upper.join(given), metadata.permissions().mode())?;
+    let entries = std::fs::read_dir(&source).map_err(|error| failed("listing", &source, error))?;
+    for entry in entries.flatten() {
+        let Ok(metadata) = entry.path().symlink_metadata() else {
+            continue;
+        };
+        if metadata.is_dir() {
+            make(
+                upper.join(given).join(entry.file_name()),
+                metadata.permissions().mode(),
+            )?;
+        }
+    }
+    Ok(made)
+}
+
 /// Becomes the sandbox's root, builds the filesystem under `<state>/root`, sets the
 /// hostname, brings loopback up, pivots into the new root and sets no_new_privs.
 ///
@@ -115,6 +219,20 @@ pub fn prepare(state: &Path, ids: IdMapping) -> SetupResult {
 pub fn build(state: &Path, config: &InitConfig) -> SetupResult {
     rustix::process::chdir(state).map_err(|errno| failed("entering", state, errno))?;
     let state = Path::new(".");
+    // The image is opened as the host user and named through this descriptor: the
+    // sandbox's root may not be allowed through the image's ancestors.
+    let image = config
+        .image
+        .as_deref()
+        .map(|image| {
+            rustix::fs::open(
+                image,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|errno| failed("opening the image", image, errno))
+        })
+        .transpose()?;
     become_root()?;
     rustix::mount::mount_change(
         "/",
@@ -123,7 +241,21 @@ pub fn build(state: &Path, config: &InitConfig) -> SetupResult {
     .map_err(|errno| format!("making / private: {errno}"))?;
     let root = Path::new("root");
     bind(root, root)?;
-    system_dirs(state, root)?;
+    match &image {
+        Some(descriptor) => {
+            use std::os::fd::AsRawFd;
+            let lower = format!("/proc/self/fd/{}", descriptor.as_raw_fd());
+            let lower = Path::new(&lower);
+            system_dirs(state, root, lower, lower_entries(lower, true)?)?;
+        }
+        None => system_dirs(
+            state,
+            root,
+            Path::new("/"),
+            lower_entries(Path::new("/"), false)?,
+        )?,
+    }
+    drop(image);
     bind(&state.join("workspace"), &root.join("workspace"))?;
     let private = MountFlags::NOSUID | MountFlags::NODEV;
     // uid=0,gid=0 are ids of the sandbox: its root owns its /tmp.
@@ -144,7 +276,10 @@ pub fn build(state: &Path, config: &InitConfig) -> SetupResult {
     )?;
     rustix::system::sethostname(config.hostname.as_bytes())
         .map_err(|errno| format!("setting the hostname: {errno}"))?;
-    loopback_up()?;
+    // With the host's network there is no loopback of our own to bring up.
+    if !config.host_network {
+        loopback_up()?;
+    }
     enter(root)?;
     // Not dumpable: init's memory was mapped in the host's user namespace, so ptrace and
     // /proc/1/{fd,environ,mem} now need CAP_SYS_PTRACE there, which the sandbox's root
@@ -180,14 +315,15 @@ fn become_root() -> SetupResult {
     Ok(())
 }
 
-/// Overlays (or symlinks) of the host's system directories.
-fn system_dirs(state: &Path, root: &Path) -> SetupResult {
-    for name in SYSTEM_DIRS {
-        let host = Path::new("/").join(name);
+/// Overlays (or symlinks) of the lower root's `names` (the host's system directories, or
+/// an image's top level).
+fn system_dirs(state: &Path, root: &Path, lower: &Path, names: Vec<String>) -> SetupResult {
+    for name in names {
+        let host = lower.join(&name);
         let Ok(metadata) = std::fs::symlink_metadata(&host) else {
             continue;
         };
-        let target = root.join(name);
+        let target = root.join(&name);
         if metadata.file_type().is_symlink() {
             let link =
                 std::fs::read_link(&host).map_err(|error| failed("reading", &host, error))?;
@@ -201,8 +337,8 @@ fn system_dirs(state: &Path, root: &Path) -> SetupResult {
         if !metadata.is_dir() {
             continue;
         }
-        let upper = state.join("layer/upper").join(name);
-        let work = state.join("layer/work").join(name);
+        let upper = state.join("layer/upper").join(&name);
+        let work = state.join("layer/work").join(&name);
         mkdir(&target)?;
         mount(
             "overlay",
@@ -219,7 +355,7 @@ fn system_dirs(state: &Path, root: &Path) -> SetupResult {
 /// provider).
 pub fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> String {
     format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={},userxattr",
         lower.display(),
         upper.display(),
         work.display()
@@ -338,7 +474,7 @@ mod tests {
                 Path::new("/s/u/usr"),
                 Path::new("/s/w/usr")
             ),
-            "lowerdir=/usr,upperdir=/s/u/usr,workdir=/s/w/usr"
+            "lowerdir=/usr,upperdir=/s/u/usr,workdir=/s/w/usr,userxattr"
         );
     }
 }

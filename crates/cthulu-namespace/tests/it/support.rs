@@ -1,6 +1,6 @@
 //! A provider on a temporary root, with the init binary of this crate.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cthulu_core::{ExecOutput, ExecSpec, SandboxHandle, SandboxProvider, SandboxSpec};
@@ -35,7 +35,7 @@ impl Fixture {
         })
     }
 
-    fn provider_on(root: PathBuf) -> NamespaceProvider {
+    pub fn provider_on(root: PathBuf) -> NamespaceProvider {
         NamespaceProvider::new(NamespaceConfig {
             root,
             init: InitCommand {
@@ -71,6 +71,17 @@ impl Fixture {
             .provision(&sandbox_id, &SandboxSpec::default())
             .await
             .expect("provisioning");
+        (sandbox_id, handle)
+    }
+
+    /// A sandbox made from `spec`.
+    pub async fn sandbox_with(&self, spec: &SandboxSpec) -> (SandboxId, Arc<dyn SandboxHandle>) {
+        let sandbox_id = SandboxId::generate();
+        let handle = self
+            .provider
+            .provision(&sandbox_id, spec)
+            .await
+            .unwrap_or_else(|error| panic!("provisioning {spec:?}: {error}"));
         (sandbox_id, handle)
     }
 
@@ -115,4 +126,28 @@ pub fn alive(pid: i32) -> bool {
             rest.split_whitespace().next().map(|state| state != "Z")
         })
         .unwrap_or(false)
+}
+
+/// Files of `dir`, recursively, with their contents (symlinks by target).
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).unwrap() {
+            let path = entry.unwrap().path();
+            let metadata = path.symlink_metadata().unwrap();
+            if metadata.is_dir() {
+                pending.push(path.clone());
+                found.push((path, Vec::new()));
+            } else if metadata.is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                found.push((path, target.into_os_string().into_encoded_bytes()));
+            } else {
+                let contents = std::fs::read(&path).unwrap();
+                found.push((path, contents));
+            }
+        }
+    }
+    found.sort();
+    found
 }

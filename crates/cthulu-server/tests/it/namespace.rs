@@ -149,16 +149,13 @@ async fn unenforceable_limits_are_refused_by_name() {
     let (status, body) = api
         .post(
             "/api/v1/sandboxes",
-            json!({"backend": "namespace", "resources": {"disk_mb": 64}}),
+            json!({"backend": "namespace", "resources": {"vcpus": 2}}),
         )
         .await;
     assert_eq!(status, 501, "{body}");
     assert_eq!(body["error"]["code"], "unsupported", "{body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("disk limit"),
+        body["error"]["message"].as_str().unwrap().contains("vcpus"),
         "{body}"
     );
     let (_, list) = api.get("/api/v1/sandboxes").await;

@@ -20,6 +20,10 @@ pub struct ServeArgs {
     /// host otherwise]
     #[arg(long, env = "CTHULU_DEFAULT_BACKEND", value_parser = crate::parse::backend)]
     pub default_backend: Option<cthulu_types::BackendKind>,
+    /// Namespace sandboxes kept made ahead of demand (0: none): a create that asks for no
+    /// limits, network or image takes one instead of starting one
+    #[arg(long, env = "CTHULU_WARM_SANDBOXES", default_value_t = cthulu_server::DEFAULT_WARM_SANDBOXES)]
+    pub warm_sandboxes: usize,
 }
 
 /// How the host backend starts its process shim: this very binary, `cthulu __shim`.
@@ -58,6 +62,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         host_shim: shim_command()?,
         namespace_init: Some(namespace_init_command()?),
         namespace_shim: namespace_shim_command()?,
+        warm_sandboxes: args.warm_sandboxes,
     };
     let server = Server::start(config)
         .await

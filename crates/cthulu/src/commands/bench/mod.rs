@@ -30,6 +30,10 @@ pub struct BenchArgs {
     /// Bytes streamed, uploaded and downloaded by the throughput measurements, in MiB
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub transfer_mib: u64,
+    /// Warm namespace sandboxes of the in-process server (as `serve --warm-sandboxes`);
+    /// 0 measures every create from scratch
+    #[arg(long, default_value_t = cthulu_server::DEFAULT_WARM_SANDBOXES)]
+    pub warm_sandboxes: usize,
 }
 
 /// The server under test: ours, in this process, or someone else's.
@@ -46,7 +50,7 @@ struct InProcessServer {
     _home: tempfile::TempDir,
 }
 
-async fn start_target(global: &GlobalArgs) -> anyhow::Result<Target> {
+async fn start_target(global: &GlobalArgs, warm_sandboxes: usize) -> anyhow::Result<Target> {
     if global.url.is_some() {
         let client = super::client(global)?;
         return Ok(Target {
@@ -66,6 +70,7 @@ async fn start_target(global: &GlobalArgs) -> anyhow::Result<Target> {
         host_shim: super::serve::shim_command()?,
         namespace_init: Some(super::serve::namespace_init_command()?),
         namespace_shim: super::serve::namespace_shim_command()?,
+        warm_sandboxes,
     };
     let server = Server::start(config)
         .await
@@ -89,7 +94,7 @@ async fn start_target(global: &GlobalArgs) -> anyhow::Result<Target> {
 }
 
 pub async fn run(global: &GlobalArgs, args: BenchArgs) -> anyhow::Result<u8> {
-    let target = start_target(global).await?;
+    let target = start_target(global, args.warm_sandboxes).await?;
     let outcome = bench(&target, &args).await;
     if let Some(server) = target.in_process {
         let _ = server.shutdown.send(());
