@@ -143,6 +143,7 @@ async fn a_terminal_is_one_of_the_sandboxs_devpts_and_controls_its_session() {
     assert_eq!(session, shell, "the command leads a session of its own");
     assert_ne!(tty_nr, "0", "the terminal is its controlling terminal");
     assert_eq!(end, "end");
+    handle.destroy().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -189,6 +190,7 @@ async fn dropping_a_terminal_stream_kills_every_job_of_its_session() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    handle.destroy().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

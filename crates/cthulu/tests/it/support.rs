@@ -118,6 +118,15 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        // Sandboxes outlive their server by design (a namespace sandbox keeps its init
+        // running); a test's must not outlive the test.
+        let running = matches!(self.child.try_wait(), Ok(None));
+        let listed = running
+            .then(|| self.run(&["sandbox", "ls", "--json"]).stdout)
+            .and_then(|json| serde_json::from_str::<cthulu_types::SandboxList>(&json).ok());
+        for sandbox in listed.map(|list| list.sandboxes).unwrap_or_default() {
+            let _ = self.run(&["sandbox", "rm", sandbox.id.as_str()]);
+        }
         // SIGTERM first so the server shuts down as in production, then make sure.
         let pid = rustix::process::Pid::from_child(&self.child);
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
