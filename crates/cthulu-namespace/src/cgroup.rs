@@ -134,6 +134,10 @@ impl Cgroups {
         for (asked, controller, operation) in needs {
             if asked {
                 if let Err(reason) = self.parent(controller) {
+                    // Without a pids group, the sandbox's RLIMIT_NPROC does the same.
+                    if controller == Controller::Pids && nproc_is_per_sandbox() {
+                        continue;
+                    }
                     return Err(refuse(operation, reason.to_owned()));
                 }
             }
@@ -205,7 +209,14 @@ impl Cgroups {
             "memory.limit_in_bytes (and memsw where swap is accounted); an exec during which \
              the sandbox was OOM-killed reports oom_killed",
         );
-        let (pids, pids_detail) = by(Controller::Pids, "pids.max: fork fails at the limit");
+        let (mut pids, mut pids_detail) = by(Controller::Pids, "pids.max: fork fails at the limit");
+        if !pids && nproc_is_per_sandbox() {
+            pids = true;
+            pids_detail = "RLIMIT_NPROC of the sandbox's root, which the kernel counts per \
+                           sandbox (each has its own user namespace): fork fails at the limit \
+                           (no pids cgroup the server can write)"
+                .into();
+        }
         let (cpus, cpus_detail) = by(
             Controller::Cpu,
             "cpu.cfs_quota_us: the sandbox is throttled to that many cores",
@@ -216,6 +227,20 @@ impl Cgroups {
             limit("cpus", cpus, cpus_detail),
         ]
     }
+}
+
+/// Whether RLIMIT_NPROC counts the processes of a user namespace's user apart from the
+/// same user's elsewhere: since Linux 5.14 (per-namespace ucounts). Earlier, the sandbox's
+/// root outside is the server's own uid for an unprivileged server, and the limit would
+/// count the server's processes and every other sandbox's too.
+pub(crate) fn nproc_is_per_sandbox() -> bool {
+    let release = rustix::system::uname();
+    let release = release.release().to_string_lossy();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|part| part.parse::<u32>().ok());
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    version >= (5, 14)
 }
 
 /// The v1 directory `<mount>/<own group>/cthulu` of `controller`, created if missing.
@@ -474,7 +499,17 @@ mod tests {
             other => panic!("expected Unsupported, got {other:?}"),
         }
         assert!(!none.can_freeze());
-        assert!(none.limit_support().iter().all(|limit| !limit.enforced));
+        // Without cgroups only a pids limit holds (by RLIMIT_NPROC, where the kernel counts
+        // it per user namespace).
+        let pids = Resources {
+            pids: Some(64),
+            ..Resources::default()
+        };
+        assert_eq!(none.check(&pids).is_ok(), nproc_is_per_sandbox());
+        for limit in none.limit_support() {
+            let expected = limit.limit == "pids" && nproc_is_per_sandbox();
+            assert_eq!(limit.enforced, expected, "{limit:?}");
+        }
     }
 
     #[test]

@@ -119,6 +119,7 @@ impl Maker {
             cgroups: cgroups.dirs(),
             host_network: spec.network == NetworkMode::Full,
             image: image.map(Path::to_owned),
+            nproc: spec.resources.pids.filter(|_| cgroups.pids.is_none()),
         };
         let config_path = dir.join(CONFIG_FILE);
         fs_err::write(

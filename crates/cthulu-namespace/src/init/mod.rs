@@ -56,6 +56,10 @@ pub struct InitConfig {
     /// directories.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<PathBuf>,
+    /// A pids limit without a pids cgroup: PID 1's RLIMIT_NPROC (soft and hard), which
+    /// every process of the sandbox inherits and cannot raise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nproc: Option<u64>,
 }
 
 /// Ids `0..count` inside are `uid..uid + count` (and `gid..gid + count`) outside.
@@ -286,7 +290,21 @@ impl MapWriter {
 
 /// PID 1 of the sandbox: builds its filesystem, then serves until shutdown.
 fn pid_one(state: &Path, config: &InitConfig, listener: UnixListener) -> ExitCode {
-    let hardening = match setup::build(state, config).and_then(|()| harden::Hardening::prepare()) {
+    let limited = match config.nproc {
+        Some(limit) => rustix::process::setrlimit(
+            rustix::process::Resource::Nproc,
+            rustix::process::Rlimit {
+                current: Some(limit),
+                maximum: Some(limit),
+            },
+        )
+        .map_err(|errno| format!("setting RLIMIT_NPROC to {limit}: {errno}")),
+        None => Ok(()),
+    };
+    let hardening = match limited
+        .and_then(|()| setup::build(state, config))
+        .and_then(|()| harden::Hardening::prepare())
+    {
         Ok(hardening) => hardening,
         Err(message) => {
             report(&format!("error {message}"));

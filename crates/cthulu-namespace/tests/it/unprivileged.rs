@@ -109,6 +109,58 @@ async fn unprivileged() {
     let exec = handle.exec(ExecSpec::argv(["true"])).await.unwrap();
     assert_eq!(exec.exit.exit_code, Some(0));
 
+    // A pids limit holds without a pids cgroup (RLIMIT_NPROC, counted per sandbox): of
+    // 40 background processes, the limit's worth run; the sandbox before is not counted.
+    let pids = info
+        .limits
+        .iter()
+        .find(|limit| limit.limit == "pids")
+        .unwrap();
+    if pids.enforced {
+        let spec = SandboxSpec {
+            resources: Resources {
+                pids: Some(12),
+                ..Resources::default()
+            },
+            ..SandboxSpec::default()
+        };
+        let limited = fixture
+            .provider
+            .provision(&SandboxId::generate(), &spec)
+            .await
+            .unwrap();
+        let forked = sh_ok(
+            &limited,
+            "python3 -c 'import os, time\n\
+             n = 0\n\
+             for _ in range(40):\n    \
+                 try:\n        \
+                     if os.fork() == 0:\n            \
+                         time.sleep(30)\n            \
+                         os._exit(0)\n        \
+                     n += 1\n    \
+                 except OSError:\n        \
+                     pass\n\
+             print(n)'",
+        )
+        .await;
+        let count: u32 = forked.trim().parse().unwrap();
+        assert!(
+            (5..12).contains(&count),
+            "{count} of 40 forks succeeded under a limit of 12 processes"
+        );
+        // The other sandbox still forks freely.
+        assert_eq!(
+            sh_ok(
+                &handle,
+                "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13; do true & done; wait; echo ok"
+            )
+            .await,
+            "ok\n"
+        );
+        limited.destroy().await.unwrap();
+    }
+
     // Every limit the machine cannot enforce for this user is said so and refused.
     for limit in &info.limits {
         if limit.enforced {
