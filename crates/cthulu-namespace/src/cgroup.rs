@@ -91,10 +91,6 @@ impl Cgroups {
             .unwrap_or(Err("unknown controller"))
     }
 
-    pub fn can_freeze(&self) -> bool {
-        self.parent(Controller::Freezer).is_ok()
-    }
-
     /// Refuses limits this machine cannot enforce, naming each and why (the disk limit is
     /// [`Disk::check`](crate::disk::Disk::check)'s).
     pub fn check(&self, resources: &Resources) -> Result<(), SandboxError> {
@@ -498,7 +494,6 @@ mod tests {
             }
             other => panic!("expected Unsupported, got {other:?}"),
         }
-        assert!(!none.can_freeze());
         // Without cgroups only a pids limit holds (by RLIMIT_NPROC, where the kernel counts
         // it per user namespace).
         let pids = Resources {

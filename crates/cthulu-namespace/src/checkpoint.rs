@@ -197,7 +197,7 @@ impl NamespaceSandbox {
         };
         self.update_state(|state| state.init = init)?;
         if status == SandboxStatus::Stopped {
-            self.cgroups.freeze(true).await?;
+            self.pause(true).await?;
         }
         Ok(())
     }

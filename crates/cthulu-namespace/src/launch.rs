@@ -188,6 +188,38 @@ fn open_up(dir: &Path) {
     }
 }
 
+/// Sends `request` to the init listening on `socket` and waits for its `Done`; `what`
+/// names the operation in errors.
+pub(crate) async fn ask(
+    socket: &Path,
+    request: crate::protocol::Request,
+    what: &'static str,
+) -> Result<(), SandboxError> {
+    use crate::protocol::{self, Response};
+    let socket = socket.to_owned();
+    cthulu_host::files::blocking(what, move || {
+        let answer = (|| {
+            let mut connection = std::os::unix::net::UnixStream::connect(&socket)?;
+            connection.set_read_timeout(Some(Duration::from_secs(5)))?;
+            protocol::send(&connection, &request, &[])?;
+            protocol::receive::<Response>(&mut connection)
+        })();
+        match answer {
+            Ok(Some((Response::Done, _))) => Ok(()),
+            Ok(other) => Err(SandboxError::system(
+                what,
+                std::io::Error::other(format!("the sandbox's init answered {other:?}")),
+            )),
+            Err(error) => Err(SandboxError::io(
+                "reach the sandbox's init at",
+                &socket,
+                error,
+            )),
+        }
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,8 @@
 //! Limits (module `cgroup`): memory (OOM kills reported on the exec), pids and cpus through
 //! cgroup v1 when the server can write it (without a pids cgroup, pids through PID 1's
 //! RLIMIT_NPROC, which the kernel counts per user namespace and so per sandbox);
-//! stop/resume through the v1 freezer. Disk
+//! stop/resume through the v1 freezer (without one, init sends SIGSTOP / SIGCONT to every
+//! other process of the sandbox). Disk
 //! (module `disk`, root servers only): the sandbox's writable directories live on an ext4
 //! image of `disk_mb` that the server loop-mounts (`LOOP_CONFIGURE`, autoclear) and binds
 //! into the sandbox's directory, so writes stop with ENOSPC. A limit the machine cannot

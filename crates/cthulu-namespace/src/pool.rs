@@ -22,9 +22,9 @@ use std::sync::{Arc, Mutex};
 use cthulu_core::{SandboxError, SandboxSpec};
 use cthulu_types::{NetworkMode, Resources, SandboxId};
 
-use crate::launch::{kill_init, remove_dir};
+use crate::launch::{ask, kill_init, remove_dir};
 use crate::maker::Maker;
-use crate::protocol::{self, Request, Response};
+use crate::protocol::Request;
 use crate::state::{SandboxState, STATE_FILE};
 
 /// Directory names of spares start with this.
@@ -254,29 +254,13 @@ async fn discard(dir: PathBuf, state: SandboxState) {
 
 /// Asks the init of the sandbox at `dir` to set its hostname.
 async fn set_hostname(dir: &Path, name: &str) -> Result<(), SandboxError> {
-    let socket = dir.join(crate::init::SOCKET_FILE);
     let request = Request::SetHostname {
         name: name.to_owned(),
     };
-    cthulu_host::files::blocking("name the sandbox", move || {
-        let answer = (|| {
-            let mut connection = std::os::unix::net::UnixStream::connect(&socket)?;
-            connection.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-            protocol::send(&connection, &request, &[])?;
-            protocol::receive::<Response>(&mut connection)
-        })();
-        match answer {
-            Ok(Some((Response::Done, _))) => Ok(()),
-            Ok(other) => Err(SandboxError::system(
-                "set the sandbox's hostname",
-                std::io::Error::other(format!("init answered {other:?}")),
-            )),
-            Err(error) => Err(SandboxError::io(
-                "reach the sandbox's init at",
-                &socket,
-                error,
-            )),
-        }
-    })
+    ask(
+        &dir.join(crate::init::SOCKET_FILE),
+        request,
+        "name the sandbox",
+    )
     .await
 }

@@ -43,6 +43,9 @@ pub enum Request {
     KillAll,
     /// Set the sandbox's hostname (a warm sandbox gets its id when it is claimed).
     SetHostname { name: String },
+    /// Send `signal` to every process of the sandbox but init (stop and resume of a
+    /// sandbox without a freezer cgroup: SIGSTOP, SIGCONT).
+    SignalAll { signal: i32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -211,7 +211,7 @@ fn unavailable_reason(root: &Path) -> Option<String> {
 }
 
 /// What the namespace backend can do in this increment (stop/resume needs a freezer).
-pub(crate) fn capabilities(can_freeze: bool) -> Capabilities {
+pub(crate) fn capabilities() -> Capabilities {
     Capabilities {
         isolation: true,
         exec_stream: true,
@@ -220,7 +220,7 @@ pub(crate) fn capabilities(can_freeze: bool) -> Capabilities {
         files: true,
         ports: true,
         checkpoint: CheckpointSupport::Filesystem,
-        stop_resume: can_freeze,
+        stop_resume: true,
         network_policy: true,
     }
 }
@@ -259,7 +259,7 @@ impl SandboxProvider for NamespaceProvider {
             kind: BackendKind::Namespace,
             available: self.unavailable.is_none(),
             unavailable_reason: self.unavailable.clone(),
-            capabilities: capabilities(self.maker.cgroups.can_freeze()),
+            capabilities: capabilities(),
             limits: self.limits(),
         }
     }

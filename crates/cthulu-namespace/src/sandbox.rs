@@ -23,7 +23,8 @@ use cthulu_types::{
 use crate::cgroup::SandboxCgroups;
 use crate::config::InitCommand;
 use crate::init::SOCKET_FILE;
-use crate::launch::{kill_init, remove_dir};
+use crate::launch::{ask, kill_init, remove_dir};
+use crate::protocol::Request;
 use crate::state::{InitProcess, SandboxState, STATE_FILE, WORKSPACE_DIR};
 use cthulu_host::files;
 use cthulu_host::ports::{self, Forwarders};
@@ -169,20 +170,32 @@ impl NamespaceSandbox {
         let _serial = self.destroying.lock().await;
         let status = self.lock().status;
         let next = status.after(operation)?;
-        if self.cgroups.freezer.is_none() {
-            return Err(SandboxError::Unsupported {
-                backend: BackendKind::Namespace,
-                operation: if frozen { "stop" } else { "resume" },
-                reason: "the sandbox has no freezer cgroup (the server could not write one \
-                         when it was made)"
-                    .into(),
-            });
-        }
         if let Some(gone) = self.init_gone() {
             return Err(gone);
         }
-        self.cgroups.freeze(frozen).await?;
+        self.pause(frozen).await?;
         self.set_status(next)
+    }
+
+    /// Stops (`true`) or resumes every process of the sandbox: through its freezer cgroup,
+    /// or, where it has none (an unprivileged server), by init sending SIGSTOP / SIGCONT to
+    /// every other process of its pid namespace (which, unlike the freezer, their parents
+    /// can see).
+    pub(crate) async fn pause(&self, stopped: bool) -> Result<(), SandboxError> {
+        if self.cgroups.freezer.is_some() {
+            return self.cgroups.freeze(stopped).await;
+        }
+        let signal = if stopped {
+            libc::SIGSTOP
+        } else {
+            libc::SIGCONT
+        };
+        ask(
+            &self.socket,
+            Request::SignalAll { signal },
+            "stop or resume the sandbox",
+        )
+        .await
     }
 
     /// Records a new status, in memory and in state.json.
@@ -253,7 +266,7 @@ impl SandboxHandle for NamespaceSandbox {
     }
 
     fn capabilities(&self) -> Capabilities {
-        crate::provider::capabilities(self.cgroups.freezer.is_some())
+        crate::provider::capabilities()
     }
 
     fn status(&self) -> SandboxStatus {

@@ -217,6 +217,22 @@ fn handle(
             let _ = answer(&connection, &Response::Refused { message });
             Flow::Continue
         }
+        Request::SignalAll { signal } => {
+            // SAFETY: kill(-1) from PID 1 signals every other process of its pid namespace
+            // (only those: it cannot see others); no memory is involved.
+            let response = match unsafe { libc::kill(-1, signal) } {
+                // ESRCH: there was no other process to signal.
+                0 => Response::Done,
+                _ if io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) => {
+                    Response::Done
+                }
+                _ => Response::Refused {
+                    message: format!("kill(-1, {signal}): {}", io::Error::last_os_error()),
+                },
+            };
+            let _ = answer(&connection, &response);
+            Flow::Continue
+        }
         Request::SetHostname { name } => {
             let response = match rustix::system::sethostname(name.as_bytes()) {
                 Ok(()) => Response::Done,

@@ -161,6 +161,32 @@ async fn unprivileged() {
         limited.destroy().await.unwrap();
     }
 
+    // Stop and resume without a freezer cgroup: init stops every process of the sandbox.
+    sh_ok(
+        &handle,
+        "(while true; do echo x >> /workspace/ticks; sleep 0.02; done) >/dev/null 2>&1 &",
+    )
+    .await;
+    let ticks = fixture.dir(handle.id()).join("workspace/ticks");
+    let size = || {
+        std::fs::metadata(&ticks)
+            .map(|meta| meta.len())
+            .unwrap_or(0)
+    };
+    let grows = || async {
+        let before = size();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        size() > before
+    };
+    assert!(grows().await, "the background loop runs");
+    handle.stop().await.unwrap();
+    assert_eq!(handle.status(), cthulu_types::SandboxStatus::Stopped);
+    // (A write already under way may still land right after the stop.)
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!grows().await, "a stopped sandbox's processes do not run");
+    handle.resume().await.unwrap();
+    assert!(grows().await, "they run again after resume");
+
     // Every limit the machine cannot enforce for this user is said so and refused.
     for limit in &info.limits {
         if limit.enforced {
