@@ -328,11 +328,9 @@ impl AgentDefinition {
     }
 
     /// Checks that the caller passes the environment variables this agent needs.
-    pub fn check_env<'a>(
-        &self,
-        passed: impl IntoIterator<Item = &'a str> + Clone,
-    ) -> Result<(), DefinitionError> {
-        let is_passed = |name: &str| passed.clone().into_iter().any(|p| p == name);
+    /// `passed` are the names of the variables the caller passes (not their values).
+    pub fn check_env(&self, passed: &[&str]) -> Result<(), DefinitionError> {
+        let is_passed = |name: &str| passed.contains(&name);
         let missing: Vec<String> = self
             .env
             .all_of
@@ -700,11 +698,11 @@ mod tests {
     #[test]
     fn env_needs_are_checked_by_name() {
         let claude = AgentDefinition::claude_code();
-        assert!(claude.check_env(["CLAUDE_CODE_OAUTH_TOKEN"]).is_ok());
-        let error = claude.check_env(["HOME"]).unwrap_err();
+        assert!(claude.check_env(&["CLAUDE_CODE_OAUTH_TOKEN"]).is_ok());
+        let error = claude.check_env(&["HOME"]).unwrap_err();
         assert!(error.to_string().contains("ANTHROPIC_API_KEY"), "{error}");
         let codex = AgentDefinition::codex_example();
-        let error = codex.check_env(std::iter::empty()).unwrap_err();
+        let error = codex.check_env(&[]).unwrap_err();
         assert!(
             matches!(error, DefinitionError::MissingEnv { missing, .. } if missing == ["OPENAI_API_KEY"])
         );

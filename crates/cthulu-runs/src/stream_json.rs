@@ -230,3 +230,79 @@ fn cut_summaries(events: &mut [AgentEvent]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Vec<AgentEvent> {
+        let mut parser = StreamJsonParser::new(Redactor::default());
+        let mut events = parser.push(text.as_bytes());
+        events.extend(parser.finish());
+        events
+    }
+
+    #[test]
+    fn error_result_takes_its_text_from_errors_and_legacy_cost() {
+        let events = parse(
+            r#"{"type":"result","subtype":"error_during_execution","is_error":true,"errors":["tool crashed","no network"],"cost_usd":0.5,"extra":{"x":1}}"#,
+        );
+        assert_eq!(
+            events,
+            [AgentEvent::Result {
+                success: false,
+                subtype: "error_during_execution".to_owned(),
+                text: Some("tool crashed; no network".to_owned()),
+                cost_usd: Some(0.5),
+                turns: None,
+                duration_ms: None,
+                session_id: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn success_subtype_with_is_error_is_not_a_success() {
+        let events = parse(
+            r#"{"type":"result","subtype":"success","is_error":true,"result":"API Error: 401"}"#,
+        );
+        assert!(matches!(
+            &events[0],
+            AgentEvent::Result { success: false, .. }
+        ));
+    }
+
+    #[test]
+    fn string_content_is_one_text_block_and_missing_content_is_malformed() {
+        let events = parse(concat!(
+            r#"{"type":"user","message":{"role":"user","content":"hello"}}"#,
+            "\n",
+            r#"{"type":"assistant","message":{}}"#,
+        ));
+        assert_eq!(
+            events[0],
+            AgentEvent::AssistantText {
+                text: "hello".to_owned()
+            }
+        );
+        assert!(
+            matches!(&events[1], AgentEvent::Malformed { error, .. } if error == "`assistant` event without a `message.content` array")
+        );
+    }
+
+    #[test]
+    fn long_tool_results_are_cut_after_redaction() {
+        let key = "sk-ant-0123456789";
+        let mut content = "a".repeat(SUMMARY_LIMIT - 5);
+        content.push_str(key);
+        let line = serde_json::json!({"type":"user","message":{"content":[
+            {"type":"tool_result","tool_use_id":"t","content":content}]}});
+        let mut parser = StreamJsonParser::new(Redactor::new([key]));
+        let events = parser.push(format!("{line}\n").as_bytes());
+        let AgentEvent::ToolResult { summary, .. } = &events[0] else {
+            panic!("{events:?}");
+        };
+        assert!(summary.ends_with("a[reda… (5 more bytes)"));
+        assert!(!summary.contains("sk-ant"));
+    }
+}

@@ -1,7 +1,8 @@
 //! Recorded stream-json transcripts, parsed whole, byte by byte and in random chunks.
 
 use cthulu_runs::{
-    summarize, AgentEvent, OutputFormat, ProcessEnd, Redactor, RunOutcome, StreamJsonParser,
+    summarize, AgentEvent, OutputFormat, PlainTextParser, ProcessEnd, Redactor, RunOutcome,
+    StreamJsonParser,
 };
 use proptest::prelude::*;
 use serde_json::json;
@@ -250,7 +251,57 @@ fn key_cut_by_the_line_limit_does_not_leak() {
     }
 }
 
+/// Plain-text parsing of the same bytes, split at the given chunk sizes (cycled).
+fn parse_plain(bytes: &[u8], sizes: &[usize]) -> (Vec<AgentEvent>, String) {
+    let mut parser = PlainTextParser::new(redactor());
+    let mut events = Vec::new();
+    let mut rest = bytes;
+    for size in sizes.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (chunk, tail) = rest.split_at((*size).clamp(1, rest.len()));
+        events.extend(parser.push(chunk));
+        rest = tail;
+    }
+    events.extend(parser.finish());
+    let tail = parser.tail();
+    (events, tail)
+}
+
+#[test]
+fn plain_text_parser_redacts_the_key_split_across_chunks() {
+    let (events, tail) = parse_plain(&transcript("api_key.jsonl"), &[5]);
+    assert_eq!(events.len(), 7);
+    assert!(events
+        .iter()
+        .all(|e| matches!(e, AgentEvent::Output { .. })));
+    let serialized = serde_json::to_string(&events).unwrap();
+    assert!(!serialized.contains("FAKEKEY"), "{serialized}");
+    assert!(!tail.contains("FAKEKEY"), "{tail}");
+    let summary = summarize(
+        OutputFormat::PlainText,
+        &events,
+        ProcessEnd::Exited(0),
+        Some(tail),
+    );
+    assert_eq!(summary.outcome, RunOutcome::Succeeded);
+    assert!(summary
+        .text
+        .unwrap()
+        .ends_with("\"Printed [redacted]\",\"session_id\":\"k-1\",\"total_cost_usd\":0.002}"));
+}
+
 proptest! {
+    #[test]
+    fn plain_text_random_chunks_equal_whole(
+        index in 0..ALL.len(),
+        sizes in proptest::collection::vec(1usize..64, 1..20),
+    ) {
+        let bytes = transcript(ALL[index]);
+        prop_assert_eq!(parse_plain(&bytes, &sizes), parse_plain(&bytes, &[usize::MAX]));
+    }
+
     #[test]
     fn random_chunks_equal_whole(
         index in 0..ALL.len(),
