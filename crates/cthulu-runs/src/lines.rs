@@ -1,5 +1,6 @@
 //! Bounded line assembly from arbitrary byte chunks.
 
+use crate::event::AgentEvent;
 /// A line cut out of the byte stream.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Line {
@@ -76,6 +77,26 @@ impl LineAssembler {
             }
         }
     }
+}
+
+/// A parser of whole lines (every output format is one): bytes are fed to it the same way.
+pub(crate) trait LineParser {
+    fn assembler(&mut self) -> &mut LineAssembler;
+    /// The events of lines just completed.
+    fn events(&mut self, lines: Vec<Line>) -> Vec<AgentEvent>;
+}
+
+/// Feeds a chunk; returns the events of the lines it completed.
+pub(crate) fn feed(parser: &mut impl LineParser, chunk: &[u8]) -> Vec<AgentEvent> {
+    let mut lines = Vec::new();
+    parser.assembler().push(chunk, &mut lines);
+    parser.events(lines)
+}
+
+/// Ends the stream: a last line without a newline counts too.
+pub(crate) fn end(parser: &mut impl LineParser) -> Vec<AgentEvent> {
+    let lines = parser.assembler().finish().into_iter().collect();
+    parser.events(lines)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 use crate::event::AgentEvent;
-use crate::lines::{Line, LineAssembler};
+use crate::lines::{end, feed, Line, LineAssembler, LineParser};
 use crate::redact::Redactor;
 use crate::text::{cut, EXCERPT_LIMIT, MAX_LINE};
 
@@ -36,14 +36,11 @@ impl PlainTextParser {
     }
 
     pub fn push(&mut self, chunk: &[u8]) -> Vec<AgentEvent> {
-        let mut lines = Vec::new();
-        self.lines.push(chunk, &mut lines);
-        self.events(lines)
+        feed(self, chunk)
     }
 
     pub fn finish(&mut self) -> Vec<AgentEvent> {
-        let lines = self.lines.finish().into_iter().collect();
-        self.events(lines)
+        end(self)
     }
 
     /// The last [`TAIL_LIMIT`] bytes of output (whole lines, redacted), `\n`-joined.
@@ -56,6 +53,18 @@ impl PlainTextParser {
         joined[start..].to_owned()
     }
 
+    fn remember(&mut self, line: String) {
+        self.tail_bytes += line.len() + 1;
+        self.tail.push_back(line);
+        while self.tail_bytes > TAIL_LIMIT + 1 && self.tail.len() > 1 {
+            if let Some(old) = self.tail.pop_front() {
+                self.tail_bytes -= old.len() + 1;
+            }
+        }
+    }
+}
+
+impl LineParser for PlainTextParser {
     fn events(&mut self, lines: Vec<Line>) -> Vec<AgentEvent> {
         let mut events = Vec::with_capacity(lines.len());
         for line in lines {
@@ -83,14 +92,8 @@ impl PlainTextParser {
         events
     }
 
-    fn remember(&mut self, line: String) {
-        self.tail_bytes += line.len() + 1;
-        self.tail.push_back(line);
-        while self.tail_bytes > TAIL_LIMIT + 1 && self.tail.len() > 1 {
-            if let Some(old) = self.tail.pop_front() {
-                self.tail_bytes -= old.len() + 1;
-            }
-        }
+    fn assembler(&mut self) -> &mut LineAssembler {
+        &mut self.lines
     }
 }
 

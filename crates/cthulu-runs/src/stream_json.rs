@@ -9,7 +9,7 @@
 use serde_json::{Map, Value};
 
 use crate::event::AgentEvent;
-use crate::lines::{Line, LineAssembler};
+use crate::lines::{end, feed, Line, LineAssembler, LineParser};
 use crate::redact::Redactor;
 use crate::text::{cut, EXCERPT_LIMIT, MAX_LINE, SUMMARY_LIMIT};
 
@@ -35,40 +35,12 @@ impl StreamJsonParser {
 
     /// Feeds a chunk; returns the events of the lines it completed.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<AgentEvent> {
-        let mut lines = Vec::new();
-        self.lines.push(chunk, &mut lines);
-        self.events(lines)
+        feed(self, chunk)
     }
 
     /// Ends the stream: a last line without a newline is parsed too.
     pub fn finish(&mut self) -> Vec<AgentEvent> {
-        let lines = self.lines.finish().into_iter().collect();
-        self.events(lines)
-    }
-
-    fn events(&self, lines: Vec<Line>) -> Vec<AgentEvent> {
-        let mut events = Vec::new();
-        for line in lines {
-            match line {
-                Line::Complete(bytes) => parse_line(&bytes, &self.redactor, &mut events),
-                Line::TooLong { head, length } => events.push(AgentEvent::Malformed {
-                    excerpt: cut(
-                        &self.redactor.redact_cut(&String::from_utf8_lossy(&head)),
-                        EXCERPT_LIMIT,
-                    ),
-                    error: format!(
-                        "line of {length} bytes is longer than the {}-byte limit; skipped",
-                        head.len()
-                    ),
-                }),
-            }
-        }
-        // The single place events leave the parser: redact them all here.
-        for event in &mut events {
-            event.redact(&self.redactor);
-        }
-        cut_summaries(&mut events);
-        events
+        end(self)
     }
 }
 
@@ -228,6 +200,37 @@ fn cut_summaries(events: &mut [AgentEvent]) {
         if let AgentEvent::ToolResult { summary, .. } = event {
             *summary = cut(summary, SUMMARY_LIMIT);
         }
+    }
+}
+
+impl LineParser for StreamJsonParser {
+    fn events(&mut self, lines: Vec<Line>) -> Vec<AgentEvent> {
+        let mut events = Vec::new();
+        for line in lines {
+            match line {
+                Line::Complete(bytes) => parse_line(&bytes, &self.redactor, &mut events),
+                Line::TooLong { head, length } => events.push(AgentEvent::Malformed {
+                    excerpt: cut(
+                        &self.redactor.redact_cut(&String::from_utf8_lossy(&head)),
+                        EXCERPT_LIMIT,
+                    ),
+                    error: format!(
+                        "line of {length} bytes is longer than the {}-byte limit; skipped",
+                        head.len()
+                    ),
+                }),
+            }
+        }
+        // The single place events leave the parser: redact them all here.
+        for event in &mut events {
+            event.redact(&self.redactor);
+        }
+        cut_summaries(&mut events);
+        events
+    }
+
+    fn assembler(&mut self) -> &mut LineAssembler {
+        &mut self.lines
     }
 }
 

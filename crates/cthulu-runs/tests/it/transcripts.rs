@@ -21,19 +21,24 @@ fn redactor() -> Redactor {
     Redactor::from_env([("ANTHROPIC_API_KEY", API_KEY), ("LANG", "C.UTF-8")])
 }
 
-/// Parses `bytes` split at the given chunk sizes (cycled), then finishes.
-fn parse_chunked(bytes: &[u8], sizes: &[usize]) -> Vec<AgentEvent> {
-    let mut parser = StreamJsonParser::new(redactor());
-    let mut events = Vec::new();
+/// Calls `push` with `bytes` split at the given chunk sizes (cycled; each at least 1).
+fn in_chunks(bytes: &[u8], sizes: &[usize], mut push: impl FnMut(&[u8])) {
     let mut rest = bytes;
     for size in sizes.iter().cycle() {
         if rest.is_empty() {
             break;
         }
         let (chunk, tail) = rest.split_at((*size).clamp(1, rest.len()));
-        events.extend(parser.push(chunk));
+        push(chunk);
         rest = tail;
     }
+}
+
+/// Parses `bytes` split at the given chunk sizes (cycled), then finishes.
+fn parse_chunked(bytes: &[u8], sizes: &[usize]) -> Vec<AgentEvent> {
+    let mut parser = StreamJsonParser::new(redactor());
+    let mut events = Vec::new();
+    in_chunks(bytes, sizes, |chunk| events.extend(parser.push(chunk)));
     events.extend(parser.finish());
     events
 }
@@ -255,15 +260,7 @@ fn key_cut_by_the_line_limit_does_not_leak() {
 fn parse_plain(bytes: &[u8], sizes: &[usize]) -> (Vec<AgentEvent>, String) {
     let mut parser = PlainTextParser::new(redactor());
     let mut events = Vec::new();
-    let mut rest = bytes;
-    for size in sizes.iter().cycle() {
-        if rest.is_empty() {
-            break;
-        }
-        let (chunk, tail) = rest.split_at((*size).clamp(1, rest.len()));
-        events.extend(parser.push(chunk));
-        rest = tail;
-    }
+    in_chunks(bytes, sizes, |chunk| events.extend(parser.push(chunk)));
     events.extend(parser.finish());
     let tail = parser.tail();
     (events, tail)
