@@ -2,3 +2,4 @@
 
 pub mod frame;
 pub mod message;
+pub mod mux;
