@@ -282,7 +282,8 @@ pub enum DecodeError {
 ///
 /// The header is checked as soon as its 10 bytes are in, so an oversized or unknown frame is
 /// reported before any of its payload is buffered; a payload is copied out only once it is
-/// complete and never exceeds its kind's maximum.
+/// complete and never exceeds its kind's maximum. The buffer holds at most one incomplete
+/// frame plus the bytes of the last push not decoded yet.
 #[derive(Debug, Default)]
 pub struct Decoder {
     buffer: Vec<u8>,
@@ -363,6 +364,10 @@ impl Decoder {
         check_header(stream_id, kind, flags, length)?;
         let end = HEADER_LEN + length as usize;
         let Some(payload) = available.get(HEADER_LEN..end) else {
+            // Make room for exactly this frame, so the pushes completing it do not grow the
+            // buffer beyond it.
+            let missing = end - available.len();
+            self.buffer.reserve_exact(missing);
             return Ok(None);
         };
         let body = decode_body(stream_id, kind, flags, payload)?;

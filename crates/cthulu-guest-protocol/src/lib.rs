@@ -1,5 +1,6 @@
 #![forbid(unsafe_code)]
 
 pub mod frame;
+pub mod fuzzing;
 pub mod message;
 pub mod mux;
