@@ -301,6 +301,21 @@ mod tests {
     }
 
     #[test]
+    fn an_exec_request_reads_from_its_documented_json() {
+        let json = r#"{"type":"exec","command":{"argv":["ls"]},"env":{},"cwd":null,
+            "stdin":false,"timeout_ms":1000,"output_cap":null,"tty":{"rows":24,"cols":80}}"#;
+        let request: Request = serde_json::from_str(json).unwrap();
+        let Request::Exec(exec) = request else {
+            panic!("not an exec: {request:?}")
+        };
+        assert_eq!(exec.command, Command::Argv(vec!["ls".into()]));
+        assert_eq!(exec.tty, Some(TtySize { rows: 24, cols: 80 }));
+        let unknown_field = json.replace(r#""env":{}"#, r#""env":{},"uid":0"#);
+        let error = serde_json::from_str::<Request>(&unknown_field).unwrap_err();
+        assert!(error.to_string().contains("uid"), "{error}");
+    }
+
+    #[test]
     fn requests_use_a_type_tag() {
         let json = serde_json::to_string(&Request::PortTunnel { port: 8080 }).unwrap();
         assert_eq!(json, r#"{"type":"port_tunnel","port":8080}"#);
