@@ -693,8 +693,8 @@ mod tests {
 
     #[test]
     fn a_bad_control_payload_is_a_typed_error_and_poisons_the_decoder() {
-        let mut bytes = header(1, 5, 0, 13);
-        bytes.extend_from_slice(br#"{"type":"rm"}"#);
+        let mut bytes = header(1, 5, 0, 9);
+        bytes.extend_from_slice(br#"{"rm":{}}"#);
         let mut decoder = Decoder::new();
         decoder.push(&bytes);
         let error = decoder.next_frame().unwrap_err();

@@ -36,9 +36,12 @@
 //! | 6 | `CLOSE` | ≠ 0 | none: the sender sends nothing more on the stream | 0 |
 //! | 7 | `RESET` | ≠ 0 | JSON [`message::ErrorReply`]: the stream is abandoned both ways | 128 KiB |
 //!
-//! JSON payloads are UTF-8 objects; enums carry a `"type"` tag in `snake_case`
-//! (`{"type":"port_tunnel","port":8080}`); unknown fields are rejected; unknown error codes
-//! read as `unknown`. The decoder rejects an unknown kind, unknown flags, a frame on the
+//! JSON payloads are UTF-8; requests and control messages are externally tagged in
+//! `snake_case` (`{"port_tunnel":{"port":8080}}`, `"done"` for a message without fields),
+//! which lets them decode in one pass without buffering; unknown fields are rejected; unknown error codes
+//! read as `unknown`. Lists and maps inside them are capped (64 hello versions or features,
+//! 4096 argv items or directory entries per message, 1024 env variables), so decoding one
+//! payload costs a small constant multiple of its size. The decoder rejects an unknown kind, unknown flags, a frame on the
 //! wrong stream, a length above its kind's maximum (from the header alone, before buffering
 //! the payload), a bad window update and an invalid JSON payload, each as a typed
 //! [`frame::DecodeError`]; after one the byte stream is out of sync and the connection must
@@ -76,6 +79,7 @@
 //! streams round robin, one frame per stream per turn.
 #![forbid(unsafe_code)]
 
+mod bounded;
 pub mod frame;
 pub mod fuzzing;
 pub mod message;

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use crate::bounded;
 use crate::frame::MAX_DATA_PAYLOAD;
 
 /// The protocol version this crate speaks.
@@ -13,16 +14,25 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// mostly header.
 pub const MIN_MAX_FRAME: u32 = 1024;
 
+/// Most versions or features a hello may list.
+pub const MAX_HELLO_ITEMS: usize = 64;
+/// Most arguments of an argv, or entries of one `dir_entries` message.
+pub const MAX_LIST_ITEMS: usize = 4096;
+/// Most variables of an exec's `env`.
+pub const MAX_ENV_VARS: usize = 1024;
+
 /// The first frame each side sends (kind `HELLO` on stream 0).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hello {
     /// Every protocol version the sender speaks.
+    #[serde(deserialize_with = "bounded::vec::<_, _, MAX_HELLO_ITEMS>")]
     pub versions: Vec<u16>,
     /// The largest data payload the sender accepts in one frame (at most
     /// [`MAX_DATA_PAYLOAD`], at least [`MIN_MAX_FRAME`]).
     pub max_frame: u32,
     /// Optional features the sender supports; the session uses the intersection.
+    #[serde(deserialize_with = "bounded::vec::<_, _, MAX_HELLO_ITEMS>")]
     pub features: Vec<String>,
 }
 
@@ -92,7 +102,7 @@ pub fn negotiate(ours: &Hello, theirs: &Hello) -> Result<Negotiated, HandshakeEr
 
 /// What a stream is for: the payload of an `OPEN` frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Run a command. Opener → agent data is stdin, agent → opener data is stdout (channel
     /// main) and stderr (channel stderr); the agent ends with [`Control::Exit`] then close.
@@ -115,6 +125,7 @@ pub enum Request {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// Executed directly, `argv[0]` looked up in `PATH`.
+    #[serde(deserialize_with = "bounded::vec::<_, _, MAX_LIST_ITEMS>")]
     Argv(Vec<String>),
     /// Run through `/bin/sh -c`.
     Shell(String),
@@ -126,6 +137,7 @@ pub enum Command {
 pub struct ExecRequest {
     pub command: Command,
     /// Added to (and overriding) the agent's base environment.
+    #[serde(deserialize_with = "bounded::map::<_, _, _, MAX_ENV_VARS>")]
     pub env: BTreeMap<String, String>,
     /// Working directory; the agent's default when absent.
     pub cwd: Option<String>,
@@ -200,7 +212,7 @@ pub enum EntryKind {
 
 /// Messages on an open stream, in order with its data: the payload of a `CONTROL` frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Control {
     /// Agent → host: the exec ended (sent after all of its output).
     Exit(ExitStatus),
@@ -211,7 +223,10 @@ pub enum Control {
     /// Agent → host: the file of a `file_get`, before its bytes.
     FileInfo { mode: u32, size: u64 },
     /// Agent → host: part of a `dir_list` answer.
-    DirEntries { entries: Vec<DirEntry> },
+    DirEntries {
+        #[serde(deserialize_with = "bounded::vec::<_, _, MAX_LIST_ITEMS>")]
+        entries: Vec<DirEntry>,
+    },
     /// Agent → host: the request succeeded (`file_put` written, `port_tunnel` connected).
     Done,
 }
@@ -302,8 +317,8 @@ mod tests {
 
     #[test]
     fn an_exec_request_reads_from_its_documented_json() {
-        let json = r#"{"type":"exec","command":{"argv":["ls"]},"env":{},"cwd":null,
-            "stdin":false,"timeout_ms":1000,"output_cap":null,"tty":{"rows":24,"cols":80}}"#;
+        let json = r#"{"exec":{"command":{"argv":["ls"]},"env":{},"cwd":null,
+            "stdin":false,"timeout_ms":1000,"output_cap":null,"tty":{"rows":24,"cols":80}}}"#;
         let request: Request = serde_json::from_str(json).unwrap();
         let Request::Exec(exec) = request else {
             panic!("not an exec: {request:?}")
@@ -316,13 +331,47 @@ mod tests {
     }
 
     #[test]
-    fn requests_use_a_type_tag() {
+    fn lists_and_maps_stop_at_their_limits() {
+        let argv = |count: usize| {
+            let items = vec![r#""a""#; count].join(",");
+            format!(r#"{{"argv":[{items}]}}"#)
+        };
+        let at_limit: Command = serde_json::from_str(&argv(MAX_LIST_ITEMS)).unwrap();
+        assert_eq!(at_limit, Command::Argv(vec!["a".into(); MAX_LIST_ITEMS]));
+        let error = serde_json::from_str::<Command>(&argv(MAX_LIST_ITEMS + 1)).unwrap_err();
+        assert!(
+            error.to_string().contains("more than 4096 items"),
+            "{error}"
+        );
+
+        let env: Vec<String> = (0..=MAX_ENV_VARS)
+            .map(|index| format!(r#""V{index}":"x""#))
+            .collect();
+        let json = format!(
+            r#"{{"command":{{"shell":"env"}},"env":{{{}}},"cwd":null,"stdin":false,"timeout_ms":null,"output_cap":null,"tty":null}}"#,
+            env.join(",")
+        );
+        let error = serde_json::from_str::<ExecRequest>(&json).unwrap_err();
+        assert!(
+            error.to_string().contains("more than 1024 entries"),
+            "{error}"
+        );
+
+        let versions = vec!["1"; MAX_HELLO_ITEMS + 1].join(",");
+        let hello = format!(r#"{{"versions":[{versions}],"max_frame":65536,"features":[]}}"#);
+        let error = serde_json::from_str::<Hello>(&hello).unwrap_err();
+        assert!(error.to_string().contains("more than 64 items"), "{error}");
+    }
+
+    #[test]
+    fn requests_and_controls_are_externally_tagged() {
         let json = serde_json::to_string(&Request::PortTunnel { port: 8080 }).unwrap();
-        assert_eq!(json, r#"{"type":"port_tunnel","port":8080}"#);
+        assert_eq!(json, r#"{"port_tunnel":{"port":8080}}"#);
+        assert_eq!(serde_json::to_string(&Control::Done).unwrap(), r#""done""#);
         let control = serde_json::to_string(&Control::Signal {
             signal: Signal::Term,
         })
         .unwrap();
-        assert_eq!(control, r#"{"type":"signal","signal":"TERM"}"#);
+        assert_eq!(control, r#"{"signal":{"signal":"TERM"}}"#);
     }
 }

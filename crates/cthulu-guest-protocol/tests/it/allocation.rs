@@ -13,6 +13,7 @@ struct Counting;
 thread_local! {
     static MEASURING: Cell<bool> = const { Cell::new(false) };
     static LARGEST: Cell<usize> = const { Cell::new(0) };
+    static TOTAL: Cell<usize> = const { Cell::new(0) };
 }
 
 fn note(size: usize) {
@@ -20,6 +21,7 @@ fn note(size: usize) {
     let _ = MEASURING.try_with(|measuring| {
         if measuring.get() {
             let _ = LARGEST.try_with(|largest| largest.set(largest.get().max(size)));
+            let _ = TOTAL.try_with(|total| total.set(total.get() + size));
         }
     });
 }
@@ -55,6 +57,15 @@ fn largest_allocation(work: impl FnOnce()) -> usize {
     work();
     MEASURING.with(|measuring| measuring.set(false));
     LARGEST.with(Cell::get)
+}
+
+/// The sum of every allocation `work` makes on this thread (frees not subtracted).
+fn total_allocated(work: impl FnOnce()) -> usize {
+    TOTAL.with(|total| total.set(0));
+    MEASURING.with(|measuring| measuring.set(true));
+    work();
+    MEASURING.with(|measuring| measuring.set(false));
+    TOTAL.with(Cell::get)
 }
 
 /// A header claiming a control frame of `length` bytes, then `length` bytes of garbage.
@@ -100,6 +111,34 @@ fn a_maximal_control_frame_of_garbage_is_buffered_exactly() {
     assert!(
         largest >= MAX_CONTROL_PAYLOAD,
         "the frame was buffered whole"
+    );
+}
+
+#[test]
+fn a_frame_of_many_tiny_json_items_costs_a_small_multiple_of_its_size() {
+    let mut json = br#"{"exec":{"command":{"argv":["#.to_vec();
+    while json.len() < MAX_CONTROL_PAYLOAD - 100 {
+        json.extend_from_slice(br#""a","#);
+    }
+    json.extend_from_slice(
+        br#""a"]},"env":{},"cwd":null,"stdin":false,"timeout_ms":null,"output_cap":null,"tty":null}}"#,
+    );
+    let mut bytes = 1u32.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&[2, 0]);
+    bytes.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&json);
+    let total = total_allocated(|| {
+        let mut decoder = Decoder::new();
+        decoder.push(&bytes);
+        let error = decoder.next_frame().unwrap_err();
+        assert!(
+            error.to_string().contains("more than 4096 items"),
+            "{error}"
+        );
+    });
+    assert!(
+        total <= 4 * (HEADER_LEN + MAX_CONTROL_PAYLOAD),
+        "decoding allocated {total} bytes in all"
     );
 }
 
