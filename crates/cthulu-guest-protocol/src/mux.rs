@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::frame::{Channel, EncodeError, Frame, FrameBody, FrameKind, StreamId};
+use crate::frame::{Channel, EncodeError, Frame, FrameBody, FrameKind, StreamId, MAX_DATA_PAYLOAD};
 use crate::message::{negotiate, Control, ErrorReply, HandshakeError, Hello, Negotiated, Request};
 
 /// The largest flow-control window of one stream direction (2^31 - 1, as in HTTP/2).
@@ -287,7 +287,8 @@ impl Mux {
                 limit: self.max_streams,
             });
         }
-        let frame = checked(Frame::new(stream_id, FrameBody::Open(request)))?;
+        let frame = Frame::new(stream_id, FrameBody::Open(request));
+        check_encodes(&frame)?;
         self.next_local_id = raw_id.checked_add(2);
         self.streams.insert(stream_id, Stream::new());
         self.urgent.push_back(frame);
@@ -329,13 +330,14 @@ impl Mux {
         bytes: &[u8],
     ) -> Result<SendOutcome, MuxError> {
         let stream = self.sendable_stream(stream_id)?;
-        if !bytes.is_empty() {
+        // Queued in pieces of at most one frame, so splitting one to the credit is cheap.
+        for piece in bytes.chunks(MAX_DATA_PAYLOAD) {
             stream.queue.push_back(Outgoing::Data {
                 channel,
-                bytes: bytes.to_vec(),
+                bytes: piece.to_vec(),
             });
-            stream.queued_data += bytes.len();
         }
+        stream.queued_data += bytes.len();
         let sendable_now = stream
             .queued_data
             .min(usize::try_from(stream.send_window).unwrap_or(usize::MAX));
@@ -349,10 +351,7 @@ impl Mux {
 
     /// Queues a control message behind the stream's queued data.
     pub fn send_control(&mut self, stream_id: StreamId, control: Control) -> Result<(), MuxError> {
-        let frame = checked(Frame::new(stream_id, FrameBody::Control(control)))?;
-        let FrameBody::Control(control) = frame.body else {
-            unreachable!("built as a control frame above")
-        };
+        check_encodes(&Frame::new(stream_id, FrameBody::Control(control.clone())))?;
         self.sendable_stream(stream_id)?
             .queue
             .push_back(Outgoing::Control(control));
@@ -374,7 +373,8 @@ impl Mux {
         if !self.streams.contains_key(&stream_id) {
             return Err(MuxError::NotOpen { stream_id });
         }
-        let frame = checked(Frame::new(stream_id, FrameBody::Reset(error)))?;
+        let frame = Frame::new(stream_id, FrameBody::Reset(error));
+        check_encodes(&frame)?;
         self.streams.remove(&stream_id);
         self.remember_reset(stream_id);
         self.urgent.push_back(frame);
@@ -410,7 +410,7 @@ impl Mux {
             }
             let max_frame = self.peer_max_frame();
             let stream = self.streams.get_mut(&stream_id)?;
-            let frame = take_frame(stream_id, stream, max_frame);
+            let frame = take_frame(stream_id, stream, max_frame)?;
             if stream.fully_closed() {
                 self.streams.remove(&stream_id);
             } else if !stream.queue.is_empty() {
@@ -454,10 +454,7 @@ impl Mux {
                 if remote_closed {
                     return Err(after_close());
                 }
-                let max = self
-                    .local_hello
-                    .max_frame
-                    .min(crate::frame::MAX_DATA_PAYLOAD as u32);
+                let max = self.local_hello.max_frame.min(MAX_DATA_PAYLOAD as u32);
                 if bytes.len() > max as usize {
                     return Err(MuxError::DataFrameTooLarge {
                         stream_id,
@@ -578,52 +575,40 @@ impl Mux {
 }
 
 /// Checks a frame we are about to queue encodes, so a too-large request fails at the call.
-fn checked(frame: Frame) -> Result<Frame, MuxError> {
+fn check_encodes(frame: &Frame) -> Result<(), MuxError> {
     frame
         .encode(&mut Vec::new())
         .map_err(|source| MuxError::Encode {
             stream_id: frame.stream_id,
             source,
-        })?;
-    Ok(frame)
+        })
 }
 
 /// Takes the next frame off a ready stream's queue, splitting data to the credit and the
 /// peer's max_frame.
-fn take_frame(stream_id: StreamId, stream: &mut Stream, max_frame: usize) -> Frame {
-    let body = match stream.queue.front_mut() {
-        Some(Outgoing::Data { channel, bytes }) => {
+fn take_frame(stream_id: StreamId, stream: &mut Stream, max_frame: usize) -> Option<Frame> {
+    let body = match stream.queue.pop_front()? {
+        Outgoing::Data { channel, mut bytes } => {
             let allowed = max_frame.min(usize::try_from(stream.send_window).unwrap_or(usize::MAX));
-            let channel = *channel;
-            let chunk = if bytes.len() <= allowed {
-                let Some(Outgoing::Data { bytes, .. }) = stream.queue.pop_front() else {
-                    unreachable!("front is data")
-                };
-                bytes
-            } else {
+            if bytes.len() > allowed {
+                // Pieces are at most one frame long, so this copies little.
                 let rest = bytes.split_off(allowed);
-                std::mem::replace(bytes, rest)
-            };
-            stream.send_window -= chunk.len() as u64;
-            stream.queued_data -= chunk.len();
-            FrameBody::Data {
-                channel,
-                bytes: chunk,
+                stream.queue.push_front(Outgoing::Data {
+                    channel,
+                    bytes: rest,
+                });
             }
+            stream.send_window -= bytes.len() as u64;
+            stream.queued_data -= bytes.len();
+            FrameBody::Data { channel, bytes }
         }
-        Some(Outgoing::Control(_)) => {
-            let Some(Outgoing::Control(control)) = stream.queue.pop_front() else {
-                unreachable!("front is control")
-            };
-            FrameBody::Control(control)
-        }
-        Some(Outgoing::Close) | None => {
-            stream.queue.pop_front();
+        Outgoing::Control(control) => FrameBody::Control(control),
+        Outgoing::Close => {
             stream.local_close = LocalClose::Sent;
             FrameBody::Close
         }
     };
-    Frame::new(stream_id, body)
+    Some(Frame::new(stream_id, body))
 }
 
 #[cfg(test)]
@@ -779,6 +764,21 @@ mod tests {
                 Event::Closed { stream_id }
             ]
         );
+    }
+
+    #[test]
+    fn the_hello_leaves_first_and_blocked_data_is_not_pending() {
+        let mut host = Mux::new(Role::Host, Hello::new(vec![]));
+        let stream_id = host.open(tunnel()).unwrap();
+        host.send_data(stream_id, Channel::Main, b"early").unwrap();
+        let kinds: Vec<FrameKind> = std::iter::from_fn(|| host.poll_frame())
+            .map(|frame| frame.body.kind())
+            .collect();
+        assert_eq!(kinds, vec![FrameKind::Hello, FrameKind::Open]);
+        assert!(!host.has_frame(), "data waits for credit");
+        assert_eq!(host.queued_data(stream_id), 5);
+        host.close(stream_id).unwrap();
+        assert!(!host.has_frame(), "the close waits behind the data");
     }
 
     #[test]
