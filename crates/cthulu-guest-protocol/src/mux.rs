@@ -433,33 +433,19 @@ impl Mux {
             self.negotiated = Some(negotiated.clone());
             return Ok(Some(Event::Ready(negotiated)));
         }
-        if let FrameBody::Hello(_) = frame.body {
-            return Err(MuxError::DuplicateHello);
-        }
-        if let FrameBody::Open(request) = frame.body {
-            return self.receive_open(stream_id, request);
-        }
-        let Some(stream) = self.streams.get_mut(&stream_id) else {
-            if self.recently_reset.contains(&stream_id) {
-                // Sent before the peer saw our reset.
-                return Ok(None);
-            }
-            return Err(MuxError::UnknownStream { kind, stream_id });
-        };
-        let remote_closed = stream.remote_closed;
-        let after_close = || MuxError::AfterRemoteClose { kind, stream_id };
-        Ok(match frame.body {
-            FrameBody::Hello(_) | FrameBody::Open(_) => unreachable!("handled above"),
+        let local_max_frame = self.local_hello.max_frame.min(MAX_DATA_PAYLOAD as u32);
+        match frame.body {
+            FrameBody::Hello(_) => Err(MuxError::DuplicateHello),
+            FrameBody::Open(request) => self.receive_open(stream_id, request),
             FrameBody::Data { channel, bytes } => {
-                if remote_closed {
-                    return Err(after_close());
-                }
-                let max = self.local_hello.max_frame.min(MAX_DATA_PAYLOAD as u32);
-                if bytes.len() > max as usize {
+                let Some(stream) = self.peer_stream(stream_id, kind)? else {
+                    return Ok(None);
+                };
+                if bytes.len() > local_max_frame as usize {
                     return Err(MuxError::DataFrameTooLarge {
                         stream_id,
                         length: bytes.len(),
-                        max,
+                        max: local_max_frame,
                     });
                 }
                 if bytes.len() as u64 > stream.receive_window {
@@ -470,13 +456,16 @@ impl Mux {
                     });
                 }
                 stream.receive_window -= bytes.len() as u64;
-                Some(Event::Data {
+                Ok(Some(Event::Data {
                     stream_id,
                     channel,
                     bytes,
-                })
+                }))
             }
             FrameBody::WindowUpdate { increment } => {
+                let Some(stream) = self.streams.get_mut(&stream_id) else {
+                    return self.unknown_stream(stream_id, kind);
+                };
                 let window = stream.send_window + u64::from(increment);
                 if window > MAX_WINDOW {
                     return Err(MuxError::WindowOverflow {
@@ -486,30 +475,61 @@ impl Mux {
                     });
                 }
                 stream.send_window = window;
-                Some(Event::Credit { stream_id, window })
+                Ok(Some(Event::Credit { stream_id, window }))
             }
-            FrameBody::Control(control) => {
-                if remote_closed {
-                    return Err(after_close());
-                }
-                Some(Event::Control { stream_id, control })
-            }
+            FrameBody::Control(control) => Ok(self
+                .peer_stream(stream_id, kind)?
+                .map(|_| Event::Control { stream_id, control })),
             FrameBody::Close => {
-                if remote_closed {
-                    return Err(after_close());
-                }
+                let Some(stream) = self.peer_stream(stream_id, kind)? else {
+                    return Ok(None);
+                };
                 stream.remote_closed = true;
                 stream.receive_window = 0;
                 if stream.fully_closed() {
                     self.streams.remove(&stream_id);
                 }
-                Some(Event::Closed { stream_id })
+                Ok(Some(Event::Closed { stream_id }))
             }
-            FrameBody::Reset(error) => {
-                self.streams.remove(&stream_id);
-                Some(Event::Reset { stream_id, error })
-            }
-        })
+            FrameBody::Reset(error) => match self.streams.remove(&stream_id) {
+                Some(_) => Ok(Some(Event::Reset { stream_id, error })),
+                None => self.unknown_stream(stream_id, kind),
+            },
+        }
+    }
+
+    /// The stream a `DATA`, `CONTROL` or `CLOSE` frame from the peer is for: it must exist
+    /// and the peer must not have closed it. `None` for a stream we reset recently.
+    fn peer_stream(
+        &mut self,
+        stream_id: StreamId,
+        kind: FrameKind,
+    ) -> Result<Option<&mut Stream>, MuxError> {
+        if !self.streams.contains_key(&stream_id) {
+            return self.unknown_stream(stream_id, kind).map(|_| None);
+        }
+        let stream = self
+            .streams
+            .get_mut(&stream_id)
+            .ok_or(MuxError::UnknownStream { kind, stream_id })?;
+        if stream.remote_closed {
+            return Err(MuxError::AfterRemoteClose { kind, stream_id });
+        }
+        Ok(Some(stream))
+    }
+
+    /// A frame for a stream we do not have: dropped if we reset it recently (the frame
+    /// crossed our reset), a violation otherwise.
+    fn unknown_stream(
+        &self,
+        stream_id: StreamId,
+        kind: FrameKind,
+    ) -> Result<Option<Event>, MuxError> {
+        if self.recently_reset.contains(&stream_id) {
+            Ok(None)
+        } else {
+            Err(MuxError::UnknownStream { kind, stream_id })
+        }
     }
 
     fn receive_open(
