@@ -1,0 +1,377 @@
+//! Typed payloads carried by frames: the handshake, stream requests, control messages and
+//! error replies. All of them are JSON objects on the wire (see the crate docs).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::bounded;
+use crate::frame::MAX_DATA_PAYLOAD;
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The smallest `max_frame` a peer may announce: anything smaller would make data frames
+/// mostly header.
+pub const MIN_MAX_FRAME: u32 = 1024;
+
+/// Most versions or features a hello may list.
+pub const MAX_HELLO_ITEMS: usize = 64;
+/// Most arguments of an argv, or entries of one `dir_entries` message.
+pub const MAX_LIST_ITEMS: usize = 4096;
+/// Most variables of an exec's `env`.
+pub const MAX_ENV_VARS: usize = 1024;
+
+/// The first frame each side sends (kind `HELLO` on stream 0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// Every protocol version the sender speaks.
+    #[serde(deserialize_with = "bounded::vec::<_, _, MAX_HELLO_ITEMS>")]
+    pub versions: Vec<u16>,
+    /// The largest data payload the sender accepts in one frame (at most
+    /// [`MAX_DATA_PAYLOAD`], at least [`MIN_MAX_FRAME`]).
+    pub max_frame: u32,
+    /// Optional features the sender supports; the session uses the intersection.
+    #[serde(deserialize_with = "bounded::vec::<_, _, MAX_HELLO_ITEMS>")]
+    pub features: Vec<String>,
+}
+
+impl Hello {
+    /// A hello for [`PROTOCOL_VERSION`] with the largest data frame this crate allows.
+    pub fn new(features: Vec<String>) -> Self {
+        Self {
+            versions: vec![PROTOCOL_VERSION],
+            max_frame: MAX_DATA_PAYLOAD as u32,
+            features,
+        }
+    }
+}
+
+/// What both sides agreed on once each has seen the other's hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The highest version both sides speak.
+    pub version: u16,
+    /// The largest data payload we may send in one frame.
+    pub peer_max_frame: u32,
+    /// Features both sides announced, sorted.
+    pub features: Vec<String>,
+}
+
+/// Why the handshake failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("no common protocol version: we speak {ours:?}, the peer speaks {theirs:?}")]
+    NoCommonVersion { ours: Vec<u16>, theirs: Vec<u16> },
+    #[error("the peer announced a max_frame of {max_frame} bytes, below the minimum of {minimum}")]
+    MaxFrameTooSmall { max_frame: u32, minimum: u32 },
+}
+
+/// Picks the highest version both hellos list, and what each side may send.
+pub fn negotiate(ours: &Hello, theirs: &Hello) -> Result<Negotiated, HandshakeError> {
+    let version = ours
+        .versions
+        .iter()
+        .filter(|version| theirs.versions.contains(version))
+        .max()
+        .copied()
+        .ok_or_else(|| HandshakeError::NoCommonVersion {
+            ours: ours.versions.clone(),
+            theirs: theirs.versions.clone(),
+        })?;
+    if theirs.max_frame < MIN_MAX_FRAME {
+        return Err(HandshakeError::MaxFrameTooSmall {
+            max_frame: theirs.max_frame,
+            minimum: MIN_MAX_FRAME,
+        });
+    }
+    let mut features: Vec<String> = ours
+        .features
+        .iter()
+        .filter(|feature| theirs.features.contains(feature))
+        .cloned()
+        .collect();
+    features.sort();
+    features.dedup();
+    Ok(Negotiated {
+        version,
+        peer_max_frame: theirs.max_frame.min(MAX_DATA_PAYLOAD as u32),
+        features,
+    })
+}
+
+/// What a stream is for: the payload of an `OPEN` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Run a command. Opener → agent data is stdin, agent → opener data is stdout (channel
+    /// main) and stderr (channel stderr); the agent ends with [`Control::Exit`] then close.
+    Exec(ExecRequest),
+    /// Write a file: the opener sends `size` bytes of data then closes; the agent answers
+    /// [`Control::Done`] (or a reset) and closes.
+    FilePut { path: String, mode: u32, size: u64 },
+    /// Read a file: the agent answers [`Control::FileInfo`], the file's bytes as data, then
+    /// closes.
+    FileGet { path: String },
+    /// List a directory: the agent answers one or more [`Control::DirEntries`] then closes.
+    DirList { path: String },
+    /// Connect to a TCP port on the guest's loopback: the agent answers [`Control::Done`]
+    /// once connected, then data flows both ways as the raw TCP byte stream.
+    PortTunnel { port: u16 },
+}
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Executed directly, `argv[0]` looked up in `PATH`.
+    #[serde(deserialize_with = "bounded::vec::<_, _, MAX_LIST_ITEMS>")]
+    Argv(Vec<String>),
+    /// Run through `/bin/sh -c`.
+    Shell(String),
+}
+
+/// The request of an exec stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    pub command: Command,
+    /// Added to (and overriding) the agent's base environment.
+    #[serde(deserialize_with = "bounded::map::<_, _, _, MAX_ENV_VARS>")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; the agent's default when absent.
+    pub cwd: Option<String>,
+    /// Whether the command's stdin is the stream (else `/dev/null`).
+    pub stdin: bool,
+    /// Killed (and reported `timed_out`) after this many milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Output beyond this many bytes (stdout and stderr together) is dropped and the exit
+    /// reports `truncated`.
+    pub output_cap: Option<u64>,
+    /// Run on a terminal of this size (stdout and stderr merged into channel main).
+    pub tty: Option<TtySize>,
+}
+
+/// A terminal size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Signals the host may send to an exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Signal {
+    Hup,
+    Int,
+    Quit,
+    Kill,
+    Usr1,
+    Usr2,
+    Term,
+    Cont,
+    Stop,
+    Winch,
+}
+
+/// How an exec ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitStatus {
+    /// Exit code when the process exited.
+    pub code: Option<i32>,
+    /// Signal number when a signal killed it.
+    pub signal: Option<i32>,
+    /// The agent killed it because `timeout_ms` passed.
+    pub timed_out: bool,
+    /// Output went beyond `output_cap` and was cut.
+    pub truncated: bool,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirEntry {
+    pub name: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mode: u32,
+}
+
+/// The type of a directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// Messages on an open stream, in order with its data: the payload of a `CONTROL` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Control {
+    /// Agent → host: the exec ended (sent after all of its output).
+    Exit(ExitStatus),
+    /// Host → agent: deliver a signal to the exec.
+    Signal { signal: Signal },
+    /// Host → agent: the terminal of a tty exec changed size.
+    Resize(TtySize),
+    /// Agent → host: the file of a `file_get`, before its bytes.
+    FileInfo { mode: u32, size: u64 },
+    /// Agent → host: part of a `dir_list` answer.
+    DirEntries {
+        #[serde(deserialize_with = "bounded::vec::<_, _, MAX_LIST_ITEMS>")]
+        entries: Vec<DirEntry>,
+    },
+    /// Agent → host: the request succeeded (`file_put` written, `port_tunnel` connected).
+    Done,
+}
+
+/// Why a request failed or a stream was abandoned: the payload of a `RESET` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// The class of an [`ErrorReply`]; codes this version does not know decode as `Unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    NotFound,
+    PermissionDenied,
+    InvalidRequest,
+    Unsupported,
+    TooLarge,
+    ConnectionRefused,
+    Cancelled,
+    ProtocolViolation,
+    Internal,
+    #[serde(other)]
+    Unknown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(versions: &[u16], max_frame: u32, features: &[&str]) -> Hello {
+        Hello {
+            versions: versions.to_vec(),
+            max_frame,
+            features: features.iter().map(|feature| feature.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn negotiation_picks_the_highest_common_version_and_shared_features() {
+        let ours = hello(&[1, 2, 3], 65536, &["tty", "vsock"]);
+        let theirs = hello(&[2, 3, 4], 4096, &["vsock", "zstd"]);
+        let negotiated = negotiate(&ours, &theirs).unwrap();
+        assert_eq!(negotiated.version, 3);
+        assert_eq!(negotiated.peer_max_frame, 4096);
+        assert_eq!(negotiated.features, vec!["vsock".to_string()]);
+    }
+
+    #[test]
+    fn negotiation_without_a_common_version_names_both_lists() {
+        let error = negotiate(&hello(&[1], 65536, &[]), &hello(&[2, 3], 65536, &[])).unwrap_err();
+        assert_eq!(
+            error,
+            HandshakeError::NoCommonVersion {
+                ours: vec![1],
+                theirs: vec![2, 3]
+            }
+        );
+        assert_eq!(
+            error.to_string(),
+            "no common protocol version: we speak [1], the peer speaks [2, 3]"
+        );
+    }
+
+    #[test]
+    fn a_peer_max_frame_is_capped_and_must_not_be_tiny() {
+        let ours = Hello::new(vec![]);
+        let huge = negotiate(&ours, &hello(&[1], u32::MAX, &[])).unwrap();
+        assert_eq!(huge.peer_max_frame, MAX_DATA_PAYLOAD as u32);
+        assert_eq!(
+            negotiate(&ours, &hello(&[1], 10, &[])).unwrap_err(),
+            HandshakeError::MaxFrameTooSmall {
+                max_frame: 10,
+                minimum: MIN_MAX_FRAME
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_error_codes_decode_as_unknown() {
+        let reply: ErrorReply =
+            serde_json::from_str(r#"{"code":"disk_on_fire","message":"x"}"#).unwrap();
+        assert_eq!(reply.code, ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn an_exec_request_reads_from_its_documented_json() {
+        let json = r#"{"exec":{"command":{"argv":["ls"]},"env":{},"cwd":null,
+            "stdin":false,"timeout_ms":1000,"output_cap":null,"tty":{"rows":24,"cols":80}}}"#;
+        let request: Request = serde_json::from_str(json).unwrap();
+        let Request::Exec(exec) = request else {
+            panic!("not an exec: {request:?}")
+        };
+        assert_eq!(exec.command, Command::Argv(vec!["ls".into()]));
+        assert_eq!(exec.tty, Some(TtySize { rows: 24, cols: 80 }));
+        let unknown_field = json.replace(r#""env":{}"#, r#""env":{},"uid":0"#);
+        let error = serde_json::from_str::<Request>(&unknown_field).unwrap_err();
+        assert!(error.to_string().contains("uid"), "{error}");
+    }
+
+    #[test]
+    fn lists_and_maps_stop_at_their_limits() {
+        let argv = |count: usize| {
+            let items = vec![r#""a""#; count].join(",");
+            format!(r#"{{"argv":[{items}]}}"#)
+        };
+        let at_limit: Command = serde_json::from_str(&argv(MAX_LIST_ITEMS)).unwrap();
+        assert_eq!(at_limit, Command::Argv(vec!["a".into(); MAX_LIST_ITEMS]));
+        let error = serde_json::from_str::<Command>(&argv(MAX_LIST_ITEMS + 1)).unwrap_err();
+        assert!(
+            error.to_string().contains("more than 4096 items"),
+            "{error}"
+        );
+
+        let env: Vec<String> = (0..=MAX_ENV_VARS)
+            .map(|index| format!(r#""V{index}":"x""#))
+            .collect();
+        let json = format!(
+            r#"{{"command":{{"shell":"env"}},"env":{{{}}},"cwd":null,"stdin":false,"timeout_ms":null,"output_cap":null,"tty":null}}"#,
+            env.join(",")
+        );
+        let error = serde_json::from_str::<ExecRequest>(&json).unwrap_err();
+        assert!(
+            error.to_string().contains("more than 1024 entries"),
+            "{error}"
+        );
+
+        let versions = vec!["1"; MAX_HELLO_ITEMS + 1].join(",");
+        let hello = format!(r#"{{"versions":[{versions}],"max_frame":65536,"features":[]}}"#);
+        let error = serde_json::from_str::<Hello>(&hello).unwrap_err();
+        assert!(error.to_string().contains("more than 64 items"), "{error}");
+    }
+
+    #[test]
+    fn requests_and_controls_are_externally_tagged() {
+        let json = serde_json::to_string(&Request::PortTunnel { port: 8080 }).unwrap();
+        assert_eq!(json, r#"{"port_tunnel":{"port":8080}}"#);
+        assert_eq!(serde_json::to_string(&Control::Done).unwrap(), r#""done""#);
+        let control = serde_json::to_string(&Control::Signal {
+            signal: Signal::Term,
+        })
+        .unwrap();
+        assert_eq!(control, r#"{"signal":{"signal":"TERM"}}"#);
+    }
+}
