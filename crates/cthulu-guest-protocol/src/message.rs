@@ -160,7 +160,10 @@ pub struct TtySize {
     pub cols: u16,
 }
 
-/// Signals the host may send to an exec.
+/// Signals the host may send to an exec. The same set as the API's `cthulu_types::Signal`,
+/// kept apart on purpose: the guest agent is a small static binary that must not pull in
+/// the API crate (utoipa and the rest), and the wire format must not change when the API
+/// does. The backend maps one to the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Signal {
