@@ -1,5 +1,6 @@
-//! What a command runs with: its environment and argv. Pure functions, shared by one-shot
-//! exec and the shim.
+//! What a command runs with (its environment) and how its output pipes are read; shared
+//! by one-shot exec and the shim, and by other backends (the namespace backend's
+//! commands see the same layered environment, with `HOME` its `/workspace`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,17 +9,16 @@ use cthulu_core::ExecSpec;
 
 /// Host variables a sandboxed command may see, when the host has them. Nothing else of
 /// the server's environment (tokens, keys) reaches a sandbox.
-pub(crate) const HOST_ALLOWLIST: [&str; 3] = ["PATH", "LANG", "TERM"];
+pub const HOST_ALLOWLIST: [&str; 3] = ["PATH", "LANG", "TERM"];
 /// PATH when the host has none: commands always have a PATH.
-pub(crate) const DEFAULT_PATH: &str =
-    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// TERM of a PTY session when nothing else sets one: shells and editors need one.
-pub(crate) const DEFAULT_TERM: &str = "xterm-256color";
+pub const DEFAULT_TERM: &str = "xterm-256color";
 
 /// The complete environment of a command: the host allowlist, then `HOME` (the
 /// workspace), then the sandbox's env, then the request's (each layer wins over the one
 /// before). `host` looks up host variables.
-pub(crate) fn compose_env(
+pub fn compose_env(
     host: impl Fn(&str) -> Option<String>,
     workspace: &Path,
     sandbox_env: &BTreeMap<String, String>,
@@ -43,8 +43,21 @@ pub(crate) fn compose_env(
 }
 
 /// The host's value of `name`, if it is valid UTF-8.
-pub(crate) fn host_var(name: &str) -> Option<String> {
+pub fn host_var(name: &str) -> Option<String> {
     std::env::var(name).ok()
+}
+
+/// Reads from `pipe`; never completes once the pipe is closed (`None`), so a `select!`
+/// over two pipes keeps reading the other one.
+pub async fn read_some(
+    pipe: &mut Option<impl tokio::io::AsyncRead + Unpin>,
+    buffer: &mut [u8],
+) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    match pipe {
+        Some(pipe) => pipe.read(buffer).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use cthulu_core::{CappedBuffer, ExecOutput, ExecSpec, ExitInfo, SandboxError};
 use cthulu_types::sandbox::Operation;
 use rustix::fd::OwnedFd;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use crate::command::{compose_env, host_var};
+use crate::command::{compose_env, host_var, read_some};
 use crate::process_groups::signal_group;
 use crate::sandbox::HostSandbox;
 use crate::workspace::{map_errno, open_dir_beneath};
@@ -152,17 +152,6 @@ impl HostSandbox {
             stderr,
             duration: started.elapsed(),
         })
-    }
-}
-
-/// Reads from `pipe`; never completes once the pipe is closed (`None`).
-async fn read_some(
-    pipe: &mut Option<impl AsyncRead + Unpin>,
-    buffer: &mut [u8],
-) -> io::Result<usize> {
-    match pipe {
-        Some(pipe) => pipe.read(buffer).await,
-        None => std::future::pending().await,
     }
 }
 

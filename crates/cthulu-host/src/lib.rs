@@ -35,12 +35,13 @@
 
 pub mod archive;
 pub mod checkpoint;
-mod command;
+pub mod command;
 mod config;
 mod error;
 mod exec;
 pub mod files;
 mod handle;
+pub mod handles;
 mod ids;
 pub mod ports;
 pub mod process_groups;
@@ -49,6 +50,7 @@ mod provider;
 mod sandbox;
 pub mod shim;
 mod state;
+pub mod state_file;
 pub mod workspace;
 
 pub use config::{HostConfig, ShimCommand};

@@ -1,10 +1,9 @@
 //! [`HostProvider`]: makes host sandboxes under its root directory and finds them again
 //! after a restart.
 
-use std::collections::HashMap;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use cthulu_core::{SandboxError, SandboxHandle, SandboxProvider, SandboxSpec};
@@ -14,6 +13,7 @@ use cthulu_types::{
 
 use crate::config::HostConfig;
 use crate::error::HostError;
+use crate::handles::Handles;
 use crate::sandbox::HostSandbox;
 use crate::state::{SandboxState, CHECKPOINTS_DIR, PROCS_DIR, STATE_FILE, WORKSPACE_DIR};
 use crate::workspace::openat2_supported;
@@ -24,7 +24,7 @@ pub struct HostProvider {
     config: HostConfig,
     /// Why the backend cannot run here, if it cannot.
     unavailable: Option<String>,
-    handles: Mutex<HashMap<SandboxId, Weak<HostSandbox>>>,
+    handles: Handles<HostSandbox>,
 }
 
 impl HostProvider {
@@ -44,7 +44,7 @@ impl HostProvider {
         Ok(HostProvider {
             config,
             unavailable,
-            handles: Mutex::new(HashMap::new()),
+            handles: Handles::default(),
         })
     }
 
@@ -67,22 +67,11 @@ impl HostProvider {
     }
 
     fn remember(&self, sandbox: HostSandbox) -> Arc<HostSandbox> {
-        let sandbox = Arc::new(sandbox);
-        let mut handles = self
-            .handles
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        handles.retain(|_, handle| handle.strong_count() > 0);
-        handles.insert(sandbox.sandbox_id.clone(), Arc::downgrade(&sandbox));
-        sandbox
+        self.handles.remember(sandbox.sandbox_id.clone(), sandbox)
     }
 
     fn remembered(&self, sandbox_id: &SandboxId) -> Option<Arc<HostSandbox>> {
-        let handles = self
-            .handles
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        handles.get(sandbox_id).and_then(Weak::upgrade)
+        self.handles.get(sandbox_id)
     }
 
     /// Creates the directories and state of a new sandbox.
@@ -221,21 +210,6 @@ impl SandboxProvider for HostProvider {
     }
 
     async fn list(&self) -> Result<Vec<SandboxId>, SandboxError> {
-        let root = self.config.root.clone();
-        crate::files::blocking("list sandboxes", move || {
-            let entries =
-                fs_err::read_dir(&root).map_err(|error| SandboxError::io("list", &root, error))?;
-            let mut sandbox_ids: Vec<SandboxId> = entries
-                .filter_map(|entry| {
-                    let entry = entry.ok()?;
-                    let sandbox_id = SandboxId::parse(entry.file_name().to_str()?).ok()?;
-                    SandboxState::load(&entry.path()).ok()?;
-                    Some(sandbox_id)
-                })
-                .collect();
-            sandbox_ids.sort();
-            Ok(sandbox_ids)
-        })
-        .await
+        crate::state_file::list_sandboxes(&self.config.root, SandboxState::load).await
     }
 }

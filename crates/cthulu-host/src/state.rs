@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use cthulu_types::{Checkpoint, ExposedPort, SandboxId, SandboxStatus};
 use serde::{Deserialize, Serialize};
 
+use crate::state_file::load_versioned;
+
 pub(crate) const STATE_FILE: &str = "state.json";
 pub(crate) const WORKSPACE_DIR: &str = "workspace";
 pub(crate) const CHECKPOINTS_DIR: &str = "checkpoints";
@@ -62,25 +64,11 @@ impl SandboxState {
     }
 
     pub fn load(sandbox_dir: &Path) -> io::Result<SandboxState> {
-        let path = sandbox_dir.join(STATE_FILE);
-        let bytes = fs_err::read(&path)?;
-        let state: SandboxState = serde_json::from_slice(&bytes).map_err(|error| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {error}", path.display()),
-            )
-        })?;
-        if state.version != STATE_VERSION {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{}: state version {} is not {STATE_VERSION}",
-                    path.display(),
-                    state.version
-                ),
-            ));
-        }
-        Ok(state)
+        load_versioned(
+            &sandbox_dir.join(STATE_FILE),
+            STATE_VERSION,
+            |state: &SandboxState| state.version,
+        )
     }
 
     pub fn save(&self, sandbox_dir: &Path) -> io::Result<()> {

@@ -19,11 +19,12 @@ use cthulu_core::path::display_path;
 use cthulu_core::{ExecEvent, ExecOutput, ExecSpec, ExecStream, ExitInfo, SandboxError};
 use cthulu_types::sandbox::Operation;
 use rustix::pipe::PipeFlags;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cgroup::SandboxCgroups;
 use crate::protocol::{self, ExecRequest, Request, Response, StartStep};
 use crate::sandbox::NamespaceSandbox;
+use cthulu_host::command::{self, read_some};
 use cthulu_host::files::blocking;
 use cthulu_host::processes;
 use cthulu_host::shim::records::ShimSpec;
@@ -36,31 +37,17 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Stands in for "no timeout" when a timeout does not fit an `Instant`.
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// Host variables a sandboxed command may see, when the host has them.
-const HOST_ALLOWLIST: [&str; 3] = ["PATH", "LANG", "TERM"];
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// HOME and default cwd inside the sandbox.
 const WORKSPACE: &str = "/workspace";
 
-/// The complete environment of a command: the host allowlist, then `HOME=/workspace`,
-/// then the sandbox's env, then the request's (each layer wins over the one before).
+/// The complete environment of a command (the host backend's layers, with `HOME` the
+/// sandbox's `/workspace`).
 pub(crate) fn compose_env(
     host: impl Fn(&str) -> Option<String>,
     sandbox_env: &BTreeMap<String, String>,
     spec: &ExecSpec,
 ) -> BTreeMap<String, String> {
-    let mut env = BTreeMap::new();
-    for name in HOST_ALLOWLIST {
-        if let Some(value) = host(name) {
-            env.insert(name.to_owned(), value);
-        }
-    }
-    env.entry("PATH".to_owned())
-        .or_insert_with(|| DEFAULT_PATH.to_owned());
-    env.insert("HOME".to_owned(), WORKSPACE.to_owned());
-    env.extend(sandbox_env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env
+    command::compose_env(host, std::path::Path::new(WORKSPACE), sandbox_env, spec)
 }
 
 /// Pipes belong to their creator, the server: `/dev/stdout` (a reopen through
@@ -404,17 +391,6 @@ fn start_error(spec: &ExecSpec, cwd: &str, errno: i32, during: StartStep) -> San
     }
 }
 
-/// Reads from `pipe`; never completes once the pipe is closed (`None`).
-async fn read_some(
-    pipe: &mut Option<impl AsyncRead + Unpin>,
-    buffer: &mut [u8],
-) -> io::Result<usize> {
-    match pipe {
-        Some(pipe) => pipe.read(buffer).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// What a read brought, cut at what is left of the cap. At EOF, and once the cap is
 /// reached, the pipe is closed: a program that goes on writing gets EPIPE (or SIGPIPE).
 fn take_capped<R>(
@@ -464,7 +440,10 @@ mod tests {
                 ("PATH".to_owned(), "/host/bin".to_owned()),
             ])
         );
-        assert_eq!(compose_env(|_| None, &sandbox, &spec)["PATH"], DEFAULT_PATH);
+        assert_eq!(
+            compose_env(|_| None, &sandbox, &spec)["PATH"],
+            command::DEFAULT_PATH
+        );
     }
 
     #[test]

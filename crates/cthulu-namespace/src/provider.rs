@@ -1,12 +1,12 @@
 //! [`NamespaceProvider`]: makes namespace sandboxes under its root directory and finds
 //! them again after a restart.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use cthulu_core::{SandboxError, SandboxHandle, SandboxProvider, SandboxSpec};
+use cthulu_host::handles::Handles;
 use cthulu_types::{
     BackendInfo, BackendKind, Capabilities, CheckpointSupport, LimitSupport, SandboxId,
     SandboxStatus,
@@ -30,7 +30,7 @@ pub struct NamespaceProvider {
     maker: Arc<Maker>,
     /// Why the backend cannot run here, if it cannot.
     unavailable: Option<String>,
-    handles: Mutex<HashMap<SandboxId, Weak<NamespaceSandbox>>>,
+    handles: Handles<NamespaceSandbox>,
     /// Warm sandboxes (none unless [`NamespaceProvider::with_warm_sandboxes`]).
     pool: Arc<Pool>,
 }
@@ -65,7 +65,7 @@ impl NamespaceProvider {
             pool: Pool::new(0, maker.clone()),
             maker,
             unavailable,
-            handles: Mutex::new(HashMap::new()),
+            handles: Handles::default(),
         })
     }
 
@@ -108,22 +108,11 @@ impl NamespaceProvider {
     }
 
     fn remember(&self, sandbox: NamespaceSandbox) -> Arc<NamespaceSandbox> {
-        let sandbox = Arc::new(sandbox);
-        let mut handles = self
-            .handles
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        handles.retain(|_, handle| handle.strong_count() > 0);
-        handles.insert(sandbox.sandbox_id.clone(), Arc::downgrade(&sandbox));
-        sandbox
+        self.handles.remember(sandbox.sandbox_id.clone(), sandbox)
     }
 
     fn remembered(&self, sandbox_id: &SandboxId) -> Option<Arc<NamespaceSandbox>> {
-        let handles = self
-            .handles
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        handles.get(sandbox_id).and_then(Weak::upgrade)
+        self.handles.get(sandbox_id)
     }
 }
 
@@ -323,22 +312,7 @@ impl SandboxProvider for NamespaceProvider {
     }
 
     async fn list(&self) -> Result<Vec<SandboxId>, SandboxError> {
-        let root = self.root().to_owned();
-        cthulu_host::files::blocking("list sandboxes", move || {
-            let entries =
-                fs_err::read_dir(&root).map_err(|error| SandboxError::io("list", &root, error))?;
-            let mut sandbox_ids: Vec<SandboxId> = entries
-                .filter_map(|entry| {
-                    let entry = entry.ok()?;
-                    let sandbox_id = SandboxId::parse(entry.file_name().to_str()?).ok()?;
-                    SandboxState::load(&entry.path()).ok()?;
-                    Some(sandbox_id)
-                })
-                .collect();
-            sandbox_ids.sort();
-            Ok(sandbox_ids)
-        })
-        .await
+        cthulu_host::state_file::list_sandboxes(self.root(), SandboxState::load).await
     }
 }
 

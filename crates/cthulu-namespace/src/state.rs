@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use cthulu_host::processes::ProcessRecord;
+use cthulu_host::state_file::load_versioned;
 use cthulu_host::workspace::Owner;
 use cthulu_types::{Checkpoint, ExposedPort, SandboxId, SandboxStatus};
 use serde::{Deserialize, Serialize};
@@ -92,25 +93,11 @@ pub(crate) fn parse_stat(stat: &str) -> Option<(char, u64)> {
 
 impl SandboxState {
     pub fn load(sandbox_dir: &Path) -> io::Result<SandboxState> {
-        let path = sandbox_dir.join(STATE_FILE);
-        let bytes = fs_err::read(&path)?;
-        let state: SandboxState = serde_json::from_slice(&bytes).map_err(|error| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {error}", path.display()),
-            )
-        })?;
-        if state.version != STATE_VERSION {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{}: state version {} is not {STATE_VERSION}",
-                    path.display(),
-                    state.version
-                ),
-            ));
-        }
-        Ok(state)
+        load_versioned(
+            &sandbox_dir.join(STATE_FILE),
+            STATE_VERSION,
+            |state: &SandboxState| state.version,
+        )
     }
 
     pub fn new(
