@@ -78,3 +78,22 @@ where
 
     deserializer.deserialize_map(Bounded::<K, V, MAX>(PhantomData))
 }
+
+/// An optional `BTreeMap` of at most `MAX` entries (`null` or absent is `None`).
+pub fn option_map<'de, D, K, V, const MAX: usize>(
+    deserializer: D,
+) -> Result<Option<BTreeMap<K, V>>, D::Error>
+where
+    D: Deserializer<'de>,
+    K: Deserialize<'de> + Ord,
+    V: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(bound = "K: Deserialize<'de> + Ord, V: Deserialize<'de>")]
+    struct Wrapper<K, V, const MAX: usize>(
+        #[serde(deserialize_with = "map::<_, K, V, MAX>")] BTreeMap<K, V>,
+    );
+
+    let wrapped: Option<Wrapper<K, V, MAX>> = Option::deserialize(deserializer)?;
+    Ok(wrapped.map(|Wrapper(entries)| entries))
+}

@@ -467,7 +467,8 @@ fn decode_body(
 mod tests {
     use super::*;
     use crate::message::{
-        Command, DirEntry, EntryKind, ErrorCode, ExecRequest, ExitStatus, Signal, TtySize,
+        Command, DirEntry, EntryKind, ErrorCode, ExecRequest, ExitStatus, GuestConfig,
+        ProcessEntry, Signal, TtySize,
     };
 
     fn round_trip(frame: Frame) {
@@ -489,6 +490,7 @@ mod tests {
         round_trip(on(
             1,
             FrameBody::Open(Request::Exec(ExecRequest {
+                process_id: "p1".into(),
                 command: Command::Argv(vec!["ls".into(), "-l".into()]),
                 env: [("A".to_string(), "b".to_string())].into(),
                 cwd: Some("/workspace".into()),
@@ -496,11 +498,13 @@ mod tests {
                 timeout_ms: Some(5000),
                 output_cap: Some(1 << 20),
                 tty: Some(TtySize { rows: 24, cols: 80 }),
+                detached: false,
             })),
         ));
         round_trip(on(
             3,
             FrameBody::Open(Request::Exec(ExecRequest {
+                process_id: "p2".into(),
                 command: Command::Shell("echo hi | wc -c".into()),
                 env: Default::default(),
                 cwd: None,
@@ -508,14 +512,16 @@ mod tests {
                 timeout_ms: None,
                 output_cap: None,
                 tty: None,
+                detached: true,
             })),
         ));
         round_trip(on(
             5,
             FrameBody::Open(Request::FilePut {
-                path: "/a".into(),
+                path: "a".into(),
                 mode: 0o644,
                 size: 3,
+                create_parents: true,
             }),
         ));
         round_trip(on(
@@ -527,6 +533,52 @@ mod tests {
             FrameBody::Open(Request::DirList { path: "/".into() }),
         ));
         round_trip(on(11, FrameBody::Open(Request::PortTunnel { port: 5432 })));
+        round_trip(on(
+            13,
+            FrameBody::Open(Request::Attach {
+                process_id: "p2".into(),
+            }),
+        ));
+        round_trip(on(15, FrameBody::Open(Request::ProcessList)));
+        round_trip(on(
+            17,
+            FrameBody::Open(Request::SignalProcess {
+                process_id: "p2".into(),
+                signal: Signal::Term,
+            }),
+        ));
+        round_trip(on(
+            19,
+            FrameBody::Open(Request::Remove {
+                path: "tree".into(),
+                recursive: true,
+            }),
+        ));
+        round_trip(on(
+            21,
+            FrameBody::Open(Request::Configure(GuestConfig {
+                hostname: Some("sbx".into()),
+                clock_unix_ms: Some(1_800_000_000_000),
+                entropy_hex: Some("00ff".into()),
+                machine_id: Some("0123456789abcdef0123456789abcdef".into()),
+                workspace: Some("/workspace".into()),
+                env: Some([("A".to_string(), "1".to_string())].into()),
+            })),
+        ));
+        round_trip(on(23, FrameBody::Open(Request::Sync)));
+        round_trip(on(
+            15,
+            FrameBody::Control(Control::Processes {
+                processes: vec![ProcessEntry {
+                    process_id: "p2".into(),
+                    command: "sleep 9".into(),
+                    detached: true,
+                    tty: false,
+                    exit: None,
+                    started_unix_ms: 1,
+                }],
+            }),
+        ));
         round_trip(on(
             1,
             FrameBody::Data {
@@ -579,6 +631,8 @@ mod tests {
                     kind: EntryKind::Symlink,
                     size: 1,
                     mode: 0o777,
+                    modified_ms: 5,
+                    link_target: Some("/etc".into()),
                 }],
             }),
         ));

@@ -101,23 +101,84 @@ pub fn negotiate(ours: &Hello, theirs: &Hello) -> Result<Negotiated, HandshakeEr
 }
 
 /// What a stream is for: the payload of an `OPEN` frame.
+///
+/// Paths of file requests are relative to the agent's workspace (set by
+/// [`Request::Configure`]) and resolved beneath it: `..`, absolute paths and symlinks that
+/// lead out of it are refused with [`ErrorCode::OutsideWorkspace`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Run a command. Opener → agent data is stdin, agent → opener data is stdout (channel
     /// main) and stderr (channel stderr); the agent ends with [`Control::Exit`] then close.
+    /// A stream the host closes or resets before the exit kills the process (its whole
+    /// process group), unless the exec is `detached`.
     Exec(ExecRequest),
+    /// Follow a process started by an earlier exec (of this or an earlier connection): the
+    /// agent replays the output it kept (the last [`RETAINED_OUTPUT`] bytes per channel),
+    /// then streams live output, then [`Control::Exit`] and close. Data from the host is
+    /// the process's stdin. Closing the stream leaves the process running.
+    Attach { process_id: String },
+    /// List the processes the agent knows: one [`Control::Processes`], then close.
+    ProcessList,
+    /// Deliver a signal to a process's group: [`Control::Done`], then close.
+    SignalProcess { process_id: String, signal: Signal },
     /// Write a file: the opener sends `size` bytes of data then closes; the agent answers
-    /// [`Control::Done`] (or a reset) and closes.
-    FilePut { path: String, mode: u32, size: u64 },
+    /// [`Control::Done`] (or a reset) and closes. The file is replaced as a whole.
+    FilePut {
+        path: String,
+        mode: u32,
+        size: u64,
+        /// Create missing parent directories (mode 0755).
+        create_parents: bool,
+    },
     /// Read a file: the agent answers [`Control::FileInfo`], the file's bytes as data, then
     /// closes.
     FileGet { path: String },
     /// List a directory: the agent answers one or more [`Control::DirEntries`] then closes.
     DirList { path: String },
+    /// Remove a file, a symlink (not its target), an empty directory, or with `recursive` a
+    /// whole tree: [`Control::Done`], then close. The workspace itself is refused.
+    Remove { path: String, recursive: bool },
     /// Connect to a TCP port on the guest's loopback: the agent answers [`Control::Done`]
     /// once connected, then data flows both ways as the raw TCP byte stream.
     PortTunnel { port: u16 },
+    /// Set the guest's identity and defaults; sent after every boot and every restore from
+    /// a snapshot (a clone must not share its template's identity): [`Control::Done`].
+    Configure(GuestConfig),
+    /// Flush the guest's filesystems to their disks (before a disk snapshot):
+    /// [`Control::Done`].
+    Sync,
+}
+
+/// How many bytes of output per channel the agent keeps for [`Request::Attach`].
+pub const RETAINED_OUTPUT: usize = 1024 * 1024;
+
+/// Most bytes of entropy a [`GuestConfig`] may carry.
+pub const MAX_ENTROPY: usize = 512;
+
+/// The payload of [`Request::Configure`]; absent fields leave the setting as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestConfig {
+    /// The hostname (`sethostname`, and `/etc/hostname`).
+    pub hostname: Option<String>,
+    /// The wall clock, in milliseconds since the Unix epoch (`clock_settime`): a restored
+    /// snapshot's clock is as old as the snapshot.
+    pub clock_unix_ms: Option<u64>,
+    /// Random bytes, hex-encoded, credited to the kernel's pool (`RNDADDENTROPY`), so
+    /// clones of one snapshot do not share their random state. At most [`MAX_ENTROPY`].
+    pub entropy_hex: Option<String>,
+    /// 32 lowercase hex digits written to `/etc/machine-id`.
+    pub machine_id: Option<String>,
+    /// The workspace: the default cwd and `HOME` of execs, the root of file paths; created
+    /// if missing.
+    pub workspace: Option<String>,
+    /// The sandbox's environment, under each exec's own `env`.
+    #[serde(
+        default,
+        deserialize_with = "bounded::option_map::<_, _, _, MAX_ENV_VARS>"
+    )]
+    pub env: Option<BTreeMap<String, String>>,
 }
 
 /// What to run.
@@ -135,21 +196,28 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
+    /// Chosen by the host, unique among the agent's processes (at most 64 bytes of
+    /// `[A-Za-z0-9_-]`); names the process in [`Request::Attach`] and the others.
+    pub process_id: String,
     pub command: Command,
     /// Added to (and overriding) the agent's base environment.
     #[serde(deserialize_with = "bounded::map::<_, _, _, MAX_ENV_VARS>")]
     pub env: BTreeMap<String, String>,
-    /// Working directory; the agent's default when absent.
+    /// Working directory, relative to the workspace and beneath it; the workspace when
+    /// absent.
     pub cwd: Option<String>,
     /// Whether the command's stdin is the stream (else `/dev/null`).
     pub stdin: bool,
     /// Killed (and reported `timed_out`) after this many milliseconds.
     pub timeout_ms: Option<u64>,
-    /// Output beyond this many bytes (stdout and stderr together) is dropped and the exit
-    /// reports `truncated`.
+    /// Output of each channel beyond this many bytes is dropped and the exit reports
+    /// `truncated`.
     pub output_cap: Option<u64>,
     /// Run on a terminal of this size (stdout and stderr merged into channel main).
     pub tty: Option<TtySize>,
+    /// Keep running when the stream goes away (and when the host disconnects); re-attach
+    /// with [`Request::Attach`].
+    pub detached: bool,
 }
 
 /// A terminal size.
@@ -201,6 +269,23 @@ pub struct DirEntry {
     pub kind: EntryKind,
     pub size: u64,
     pub mode: u32,
+    pub modified_ms: u64,
+    /// Where a symlink points, as stored.
+    pub link_target: Option<String>,
+}
+
+/// One process the agent knows, as [`Control::Processes`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessEntry {
+    pub process_id: String,
+    /// The command line, for display.
+    pub command: String,
+    pub detached: bool,
+    pub tty: bool,
+    /// `None` while it runs.
+    pub exit: Option<ExitStatus>,
+    pub started_unix_ms: u64,
 }
 
 /// The type of a directory entry.
@@ -230,6 +315,11 @@ pub enum Control {
         #[serde(deserialize_with = "bounded::vec::<_, _, MAX_LIST_ITEMS>")]
         entries: Vec<DirEntry>,
     },
+    /// Agent → host: the answer to [`Request::ProcessList`].
+    Processes {
+        #[serde(deserialize_with = "bounded::vec::<_, _, MAX_LIST_ITEMS>")]
+        processes: Vec<ProcessEntry>,
+    },
     /// Agent → host: the request succeeded (`file_put` written, `port_tunnel` connected).
     Done,
 }
@@ -247,6 +337,15 @@ pub struct ErrorReply {
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     NotFound,
+    /// A path leads out of the workspace.
+    OutsideWorkspace,
+    /// The request needs a directory and got something else, or the reverse.
+    NotADirectory,
+    IsADirectory,
+    /// A directory to remove is not empty and `recursive` was not asked for.
+    DirectoryNotEmpty,
+    /// A process id that is already in use.
+    AlreadyExists,
     PermissionDenied,
     InvalidRequest,
     Unsupported,
@@ -320,8 +419,9 @@ mod tests {
 
     #[test]
     fn an_exec_request_reads_from_its_documented_json() {
-        let json = r#"{"exec":{"command":{"argv":["ls"]},"env":{},"cwd":null,
-            "stdin":false,"timeout_ms":1000,"output_cap":null,"tty":{"rows":24,"cols":80}}}"#;
+        let json = r#"{"exec":{"process_id":"p1","command":{"argv":["ls"]},"env":{},"cwd":null,
+            "stdin":false,"timeout_ms":1000,"output_cap":null,"tty":{"rows":24,"cols":80},
+            "detached":false}}"#;
         let request: Request = serde_json::from_str(json).unwrap();
         let Request::Exec(exec) = request else {
             panic!("not an exec: {request:?}")
@@ -351,7 +451,7 @@ mod tests {
             .map(|index| format!(r#""V{index}":"x""#))
             .collect();
         let json = format!(
-            r#"{{"command":{{"shell":"env"}},"env":{{{}}},"cwd":null,"stdin":false,"timeout_ms":null,"output_cap":null,"tty":null}}"#,
+            r#"{{"process_id":"p","command":{{"shell":"env"}},"env":{{{}}},"cwd":null,"stdin":false,"timeout_ms":null,"output_cap":null,"tty":null,"detached":false}}"#,
             env.join(",")
         );
         let error = serde_json::from_str::<ExecRequest>(&json).unwrap_err();
@@ -359,6 +459,15 @@ mod tests {
             error.to_string().contains("more than 1024 entries"),
             "{error}"
         );
+
+        let config = format!(r#"{{"env":{{{}}}}}"#, env.join(","));
+        let error = serde_json::from_str::<GuestConfig>(&config).unwrap_err();
+        assert!(
+            error.to_string().contains("more than 1024 entries"),
+            "{error}"
+        );
+        let empty: GuestConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty, GuestConfig::default());
 
         let versions = vec!["1"; MAX_HELLO_ITEMS + 1].join(",");
         let hello = format!(r#"{{"versions":[{versions}],"max_frame":65536,"features":[]}}"#);

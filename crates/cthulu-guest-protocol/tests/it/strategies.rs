@@ -2,8 +2,8 @@
 
 use cthulu_guest_protocol::frame::{Channel, Frame, FrameBody, StreamId, MAX_DATA_PAYLOAD};
 use cthulu_guest_protocol::message::{
-    Command, Control, DirEntry, EntryKind, ErrorCode, ErrorReply, ExecRequest, ExitStatus, Hello,
-    Request, Signal, TtySize,
+    Command, Control, DirEntry, EntryKind, ErrorCode, ErrorReply, ExecRequest, ExitStatus,
+    GuestConfig, Hello, ProcessEntry, Request, Signal, TtySize,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::option;
@@ -23,6 +23,7 @@ fn request() -> impl Strategy<Value = Request> {
         text().prop_map(Command::Shell),
     ];
     let exec = (
+        text(),
         command,
         btree_map(text(), text(), 0..3),
         option::of(text()),
@@ -30,39 +31,89 @@ fn request() -> impl Strategy<Value = Request> {
         option::of(any::<u64>()),
         option::of(any::<u64>()),
         option::of(tty()),
+        any::<bool>(),
     )
-        .prop_map(|(command, env, cwd, stdin, timeout_ms, output_cap, tty)| {
-            Request::Exec(ExecRequest {
-                command,
+        .prop_map(
+            |(process_id, command, env, cwd, stdin, timeout_ms, output_cap, tty, detached)| {
+                Request::Exec(ExecRequest {
+                    process_id,
+                    command,
+                    env,
+                    cwd,
+                    stdin,
+                    timeout_ms,
+                    output_cap,
+                    tty,
+                    detached,
+                })
+            },
+        );
+    let configure = (
+        option::of(text()),
+        option::of(any::<u64>()),
+        option::of("[0-9a-f]{0,16}"),
+        option::of(text()),
+        option::of(btree_map(text(), text(), 0..3)),
+    )
+        .prop_map(|(hostname, clock_unix_ms, entropy_hex, workspace, env)| {
+            Request::Configure(GuestConfig {
+                hostname,
+                clock_unix_ms,
+                entropy_hex,
+                machine_id: None,
+                workspace,
                 env,
-                cwd,
-                stdin,
-                timeout_ms,
-                output_cap,
-                tty,
             })
         });
     prop_oneof![
         exec,
-        (text(), any::<u32>(), any::<u64>()).prop_map(|(path, mode, size)| Request::FilePut {
-            path,
-            mode,
-            size
-        }),
+        (text(), any::<u32>(), any::<u64>(), any::<bool>()).prop_map(
+            |(path, mode, size, create_parents)| Request::FilePut {
+                path,
+                mode,
+                size,
+                create_parents,
+            }
+        ),
         text().prop_map(|path| Request::FileGet { path }),
         text().prop_map(|path| Request::DirList { path }),
         any::<u16>().prop_map(|port| Request::PortTunnel { port }),
+        text().prop_map(|process_id| Request::Attach { process_id }),
+        Just(Request::ProcessList),
+        (text(), signal())
+            .prop_map(|(process_id, signal)| Request::SignalProcess { process_id, signal }),
+        (text(), any::<bool>()).prop_map(|(path, recursive)| Request::Remove { path, recursive }),
+        configure,
+        Just(Request::Sync),
     ]
 }
 
-fn control() -> impl Strategy<Value = Control> {
-    let signal = prop_oneof![
+fn signal() -> impl Strategy<Value = Signal> {
+    prop_oneof![
         Just(Signal::Hup),
         Just(Signal::Int),
         Just(Signal::Kill),
         Just(Signal::Term),
         Just(Signal::Winch),
-    ];
+    ]
+}
+
+fn exit_status() -> impl Strategy<Value = ExitStatus> {
+    (
+        option::of(any::<i32>()),
+        option::of(any::<i32>()),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(code, signal, timed_out, truncated)| ExitStatus {
+            code,
+            signal,
+            timed_out,
+            truncated,
+        })
+}
+
+fn control() -> impl Strategy<Value = Control> {
     let entry = (
         text(),
         prop_oneof![
@@ -73,32 +124,44 @@ fn control() -> impl Strategy<Value = Control> {
         ],
         any::<u64>(),
         any::<u32>(),
+        any::<u64>(),
+        option::of(text()),
     )
-        .prop_map(|(name, kind, size, mode)| DirEntry {
-            name,
-            kind,
-            size,
-            mode,
-        });
+        .prop_map(
+            |(name, kind, size, mode, modified_ms, link_target)| DirEntry {
+                name,
+                kind,
+                size,
+                mode,
+                modified_ms,
+                link_target,
+            },
+        );
+    let process = (
+        text(),
+        text(),
+        any::<bool>(),
+        any::<bool>(),
+        option::of(exit_status()),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(process_id, command, detached, tty, exit, started_unix_ms)| ProcessEntry {
+                process_id,
+                command,
+                detached,
+                tty,
+                exit,
+                started_unix_ms,
+            },
+        );
     prop_oneof![
-        (
-            option::of(any::<i32>()),
-            option::of(any::<i32>()),
-            any::<bool>(),
-            any::<bool>()
-        )
-            .prop_map(|(code, signal, timed_out, truncated)| {
-                Control::Exit(ExitStatus {
-                    code,
-                    signal,
-                    timed_out,
-                    truncated,
-                })
-            }),
-        signal.prop_map(|signal| Control::Signal { signal }),
+        exit_status().prop_map(Control::Exit),
+        signal().prop_map(|signal| Control::Signal { signal }),
         tty().prop_map(Control::Resize),
         (any::<u32>(), any::<u64>()).prop_map(|(mode, size)| Control::FileInfo { mode, size }),
         vec(entry, 0..4).prop_map(|entries| Control::DirEntries { entries }),
+        vec(process, 0..3).prop_map(|processes| Control::Processes { processes }),
         Just(Control::Done),
     ]
 }
@@ -108,6 +171,8 @@ fn error_reply() -> impl Strategy<Value = ErrorReply> {
         Just(ErrorCode::NotFound),
         Just(ErrorCode::PermissionDenied),
         Just(ErrorCode::InvalidRequest),
+        Just(ErrorCode::OutsideWorkspace),
+        Just(ErrorCode::DirectoryNotEmpty),
         Just(ErrorCode::TooLarge),
         Just(ErrorCode::Internal),
         Just(ErrorCode::Unknown),
