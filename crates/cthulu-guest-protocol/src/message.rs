@@ -108,8 +108,11 @@ pub fn negotiate(ours: &Hello, theirs: &Hello) -> Result<Negotiated, HandshakeEr
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    /// Run a command. Opener → agent data is stdin, agent → opener data is stdout (channel
-    /// main) and stderr (channel stderr); the agent ends with [`Control::Exit`] then close.
+    /// Run a command. The agent answers [`Control::Started`] once the process runs (or a
+    /// reset: `not_found` for a missing program, `permission_denied` for one that cannot
+    /// be executed, naming it). Opener → agent data is stdin, agent → opener data is
+    /// stdout (channel main) and stderr (channel stderr); the agent ends with
+    /// [`Control::Exit`] then close.
     /// A stream the host closes or resets before the exit kills the process (its whole
     /// process group), unless the exec is `detached`.
     Exec(ExecRequest),
@@ -302,6 +305,9 @@ pub enum EntryKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Control {
+    /// Agent → host: the exec's process started (before any of its output), so the host
+    /// knows a spawn failure (a reset) from a process that is quiet.
+    Started,
     /// Agent → host: the exec ended (sent after all of its output).
     Exit(ExitStatus),
     /// Host → agent: deliver a signal to the exec.

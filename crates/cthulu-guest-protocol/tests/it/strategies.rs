@@ -163,6 +163,7 @@ fn control() -> impl Strategy<Value = Control> {
         vec(entry, 0..4).prop_map(|entries| Control::DirEntries { entries }),
         vec(process, 0..3).prop_map(|processes| Control::Processes { processes }),
         Just(Control::Done),
+        Just(Control::Started),
     ]
 }
 
