@@ -30,7 +30,11 @@ impl<T> Handles<T> {
 
     /// Keeps `sandbox` as the handle of `sandbox_id` (forgetting handles nobody holds).
     pub fn remember(&self, sandbox_id: SandboxId, sandbox: T) -> Arc<T> {
-        let sandbox = Arc::new(sandbox);
+        self.keep(sandbox_id, Arc::new(sandbox))
+    }
+
+    /// [`Handles::remember`] for a handle already in its `Arc` (one that refers to itself).
+    pub fn keep(&self, sandbox_id: SandboxId, sandbox: Arc<T>) -> Arc<T> {
         let mut handles = self.lock();
         handles.retain(|_, handle| handle.strong_count() > 0);
         handles.insert(sandbox_id, Arc::downgrade(&sandbox));

@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use cthulu_core::SandboxError;
 use cthulu_types::sandbox::Operation;
 use cthulu_types::{ExposedPort, SandboxId};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -28,11 +29,16 @@ use crate::sandbox::HostSandbox;
 /// A listener answers a loopback connect at once; a silent address must not hang us.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// A byte stream both ways: a TCP connection, or a tunnel through a guest agent.
+pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
 /// How a forwarder reaches a sandbox port.
 #[async_trait]
 pub trait Connector: Send + Sync + 'static {
     /// A connection to `port` of the sandbox; `None` when nobody listens there.
-    async fn connect(&self, port: u16) -> Option<TcpStream>;
+    async fn connect(&self, port: u16) -> Option<Box<dyn Duplex>>;
 }
 
 /// The forwarders of one sandbox, by sandbox port.
@@ -102,7 +108,7 @@ pub struct Loopback;
 #[async_trait]
 impl Connector for Loopback {
     /// Connects to `port` on loopback: IPv4 first, then IPv6.
-    async fn connect(&self, port: u16) -> Option<TcpStream> {
+    async fn connect(&self, port: u16) -> Option<Box<dyn Duplex>> {
         for ip in [
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -113,7 +119,7 @@ impl Connector for Loopback {
             )
             .await;
             if let Ok(Ok(stream)) = connected {
-                return Some(stream);
+                return Some(Box::new(stream));
             }
         }
         None

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cthulu_core::SandboxError;
-use cthulu_host::ports::{change_and_save, Connector, Forwarders, PortSandbox, CONNECT_TIMEOUT};
+use cthulu_host::ports::{
+    change_and_save, Connector, Duplex, Forwarders, PortSandbox, CONNECT_TIMEOUT,
+};
 use cthulu_types::sandbox::Operation;
 use cthulu_types::{ExposedPort, SandboxId};
 use tokio::net::TcpStream;
@@ -50,7 +52,7 @@ impl InitConnector {
 
 #[async_trait]
 impl Connector for InitConnector {
-    async fn connect(&self, port: u16) -> Option<TcpStream> {
+    async fn connect(&self, port: u16) -> Option<Box<dyn Duplex>> {
         let socket = self.socket.clone();
         let (stream, in_progress) = tokio::task::spawn_blocking(move || Self::ask(&socket, port))
             .await
@@ -68,7 +70,7 @@ impl Connector for InitConnector {
                 return None;
             }
         }
-        Some(stream)
+        Some(Box::new(stream))
     }
 }
 

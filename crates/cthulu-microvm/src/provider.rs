@@ -1,0 +1,296 @@
+//! [`QemuProvider`]: makes microVM sandboxes as clones of template snapshots and finds
+//! them again after a restart (their QEMU processes outlive the server).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cthulu_core::{SandboxError, SandboxHandle, SandboxProvider, SandboxSpec};
+use cthulu_host::handles::Handles;
+use cthulu_types::{BackendInfo, BackendKind, LimitSupport, NetworkMode, SandboxId, SandboxStatus};
+
+use crate::qemu::{self, Qemu};
+use crate::sandbox::{capabilities, clone_machine, vm_failure, VmSandbox};
+use crate::state::VmState;
+use crate::template::{GuestImage, TemplateKey, Templates};
+use crate::vm::{Vm, RESTORE_TIMEOUT};
+
+/// Finds the guest image a create names (`None`: the default one).
+pub type ImageResolver = Arc<dyn Fn(Option<&str>) -> Result<GuestImage, String> + Send + Sync>;
+
+/// Sizes when a create names none.
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
+pub const DEFAULT_VCPUS: u32 = 1;
+
+/// How the QEMU backend is set up.
+pub struct QemuConfig {
+    /// Holds `sandboxes/` and `templates/`.
+    pub root: PathBuf,
+    /// `None`: `qemu-system-x86_64` from PATH.
+    pub binary: Option<PathBuf>,
+    pub images: ImageResolver,
+}
+
+pub struct QemuProvider {
+    qemu: Result<Arc<Qemu>, String>,
+    root: PathBuf,
+    templates: Arc<Templates>,
+    images: ImageResolver,
+    handles: Handles<VmSandbox>,
+}
+
+impl QemuProvider {
+    pub fn new(config: QemuConfig) -> QemuProvider {
+        let qemu = Qemu::detect(config.binary.as_deref()).map(Arc::new);
+        if let Ok(qemu) = &qemu {
+            tracing::info!(accel = qemu.accel.as_str(), reason = %qemu.accel_reason, "QEMU backend");
+        }
+        QemuProvider {
+            qemu,
+            templates: Arc::new(Templates::new(config.root.join("templates"))),
+            root: config.root,
+            images: config.images,
+            handles: Handles::default(),
+        }
+    }
+
+    fn sandboxes(&self) -> PathBuf {
+        self.root.join("sandboxes")
+    }
+
+    fn sandbox_dir(&self, sandbox_id: &SandboxId) -> PathBuf {
+        self.sandboxes().join(sandbox_id.as_str())
+    }
+
+    fn qemu(&self) -> Result<Arc<Qemu>, SandboxError> {
+        self.qemu
+            .clone()
+            .map_err(|reason| SandboxError::BackendUnavailable {
+                backend: BackendKind::Qemu,
+                reason,
+            })
+    }
+
+    /// The templates (for `cthulu bench` and tests).
+    pub fn templates(&self) -> &Templates {
+        &self.templates
+    }
+
+    fn unavailable_reason(&self) -> Option<String> {
+        match &self.qemu {
+            Err(reason) => Some(reason.clone()),
+            Ok(_) => (self.images)(None).err(),
+        }
+    }
+
+    fn handle(
+        &self,
+        dir: PathBuf,
+        state: VmState,
+        agent: Option<crate::client::GuestClient>,
+    ) -> Result<Arc<VmSandbox>, SandboxError> {
+        let sandbox = VmSandbox::new(
+            dir,
+            state,
+            self.qemu()?,
+            self.templates.root().to_path_buf(),
+            agent,
+        )
+        .into_arc();
+        Ok(self.handles.keep(sandbox.sandbox_id.clone(), sandbox))
+    }
+
+    async fn make(
+        &self,
+        sandbox_id: &SandboxId,
+        spec: &SandboxSpec,
+        dir: &Path,
+    ) -> Result<(VmState, crate::client::GuestClient), SandboxError> {
+        let qemu = self.qemu()?;
+        let resources = &spec.resources;
+        for (given, name) in [
+            (resources.cpus.is_some(), "cpus"),
+            (resources.pids.is_some(), "pids"),
+            (resources.disk_mb.is_some(), "disk"),
+        ] {
+            if given {
+                return Err(SandboxError::Unsupported {
+                    backend: BackendKind::Qemu,
+                    operation: "limit",
+                    reason: format!(
+                        "a microVM is limited by its size (memory, vcpus); a {name} limit is not enforced inside it yet"
+                    ),
+                });
+            }
+        }
+        let memory_mib = match resources.memory_mb {
+            None => DEFAULT_MEMORY_MIB,
+            Some(mb) if (64..=65536).contains(&mb) => mb as u32,
+            Some(_) => {
+                return Err(SandboxError::invalid(
+                    "resources.memory_mb",
+                    "a microVM needs between 64 and 65536 MB",
+                ))
+            }
+        };
+        let vcpus = match resources.vcpus {
+            None => DEFAULT_VCPUS,
+            Some(count) if (1..=64).contains(&count) => count,
+            Some(_) => return Err(SandboxError::invalid("resources.vcpus", "between 1 and 64")),
+        };
+        let network = spec.network == NetworkMode::Full;
+        let image = (self.images)(spec.image.as_deref()).map_err(|reason| {
+            SandboxError::BackendUnavailable {
+                backend: BackendKind::Qemu,
+                reason,
+            }
+        })?;
+        let key = TemplateKey {
+            image_version: image.version.clone(),
+            memory_mib,
+            vcpus,
+            network,
+        };
+        let template = self
+            .templates
+            .get(&qemu, &image, &key)
+            .await
+            .map_err(vm_failure("make the VM template"))?;
+        let mut state = VmState::new(sandbox_id.clone(), spec.env.clone());
+        state.memory_mib = memory_mib;
+        state.vcpus = vcpus;
+        state.network = network;
+        state.image_version = image.version.clone();
+        state.template = template.name.clone();
+        fs_err::create_dir_all(dir).map_err(|error| SandboxError::io("create", dir, error))?;
+        state
+            .save(dir)
+            .map_err(|error| SandboxError::io("write", dir.join("state.json"), error))?;
+        let machine = clone_machine(dir, &template.dir, &state);
+        let vm = Vm::launch(&qemu, &machine)
+            .await
+            .map_err(vm_failure("start QEMU"))?;
+        state.pid = vm.pid;
+        let client = async {
+            let mut qmp = vm.qmp().await?;
+            vm.load(&mut qmp, &template.state).await?;
+            vm.connect_agent(RESTORE_TIMEOUT).await
+        }
+        .await
+        .map_err(vm_failure("start the VM from its template"))?;
+        VmSandbox::configure(&client, sandbox_id, &spec.env, true).await?;
+        state.status = SandboxStatus::Running;
+        state
+            .save(dir)
+            .map_err(|error| SandboxError::io("write", dir.join("state.json"), error))?;
+        Ok((state, client))
+    }
+}
+
+/// Kills what a failed create started and removes its directory.
+async fn clean_up(dir: &Path) {
+    if let Some(pid) = qemu::read_pid(dir) {
+        qemu::kill(pid, dir).await;
+    }
+    let _ = fs_err::remove_dir_all(dir);
+}
+
+#[async_trait]
+impl SandboxProvider for QemuProvider {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Qemu
+    }
+
+    fn info(&self) -> BackendInfo {
+        let unavailable_reason = self.unavailable_reason();
+        let accel = match &self.qemu {
+            Ok(qemu) => format!("{} ({})", qemu.accel.as_str(), qemu.accel_reason),
+            Err(_) => "none".into(),
+        };
+        let limit = |limit: &str, enforced: bool, detail: &str| LimitSupport {
+            limit: limit.into(),
+            enforced,
+            detail: detail.into(),
+        };
+        BackendInfo {
+            kind: BackendKind::Qemu,
+            available: unavailable_reason.is_none(),
+            unavailable_reason,
+            capabilities: capabilities(),
+            limits: vec![
+                limit(
+                    "memory",
+                    true,
+                    &format!("the VM's RAM; accelerator: {accel}"),
+                ),
+                limit("cpus", false, "use vcpus: the VM's CPU count"),
+                limit("pids", false, "not enforced inside the VM"),
+                limit("disk", false, "the guest's files live in its RAM"),
+                limit(
+                    "timeout",
+                    true,
+                    "the guest agent kills the command's process group",
+                ),
+                limit("output", true, "the guest agent caps each stream"),
+            ],
+        }
+    }
+
+    async fn provision(
+        &self,
+        sandbox_id: &SandboxId,
+        spec: &SandboxSpec,
+    ) -> Result<Arc<dyn SandboxHandle>, SandboxError> {
+        let dir = self.sandbox_dir(sandbox_id);
+        match self.make(sandbox_id, spec, &dir).await {
+            Ok((state, client)) => Ok(self.handle(dir, state, Some(client))?),
+            Err(error) => {
+                clean_up(&dir).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn attach(
+        &self,
+        sandbox_id: &SandboxId,
+        _spec: &SandboxSpec,
+    ) -> Result<Arc<dyn SandboxHandle>, SandboxError> {
+        if let Some(sandbox) = self.handles.get(sandbox_id) {
+            if sandbox.dir.exists() {
+                return Ok(sandbox);
+            }
+        }
+        let dir = self.sandbox_dir(sandbox_id);
+        let mut state = match VmState::load(&dir) {
+            Ok(state) => state,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SandboxError::SandboxNotFound {
+                    sandbox_id: sandbox_id.clone(),
+                })
+            }
+            Err(error) => return Err(SandboxError::io("read", dir.join("state.json"), error)),
+        };
+        let alive = qemu::is_running(state.pid, &dir);
+        if !alive
+            && matches!(
+                state.status,
+                SandboxStatus::Running | SandboxStatus::Stopped | SandboxStatus::Creating
+            )
+        {
+            state.status = SandboxStatus::Lost;
+        }
+        let sandbox = self.handle(dir, state, None)?;
+        if sandbox.status().check_exists().is_ok() {
+            cthulu_host::ports::restart_forwarders(&*sandbox)?;
+        }
+        Ok(sandbox)
+    }
+
+    async fn list(&self) -> Result<Vec<SandboxId>, SandboxError> {
+        match fs_err::metadata(self.sandboxes()) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            _ => cthulu_host::state_file::list_sandboxes(&self.sandboxes(), VmState::load).await,
+        }
+    }
+}

@@ -1,0 +1,736 @@
+//! [`VmSandbox`]: one microVM sandbox and its [`SandboxHandle`].
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cthulu_core::{
+    ByteReader, ExecOutput, ExecSpec, ExecStream, FileDownload, PutOptions, SandboxError,
+    SandboxHandle,
+};
+use cthulu_guest_protocol::message::{Control, GuestConfig, ProcessEntry, Request};
+use cthulu_host::ports::{self, change_and_save, Connector, Duplex, Forwarders, PortSandbox};
+use cthulu_types::sandbox::Operation;
+use cthulu_types::{
+    BackendKind, Capabilities, Checkpoint, CheckpointRequest, DirEntry, ExposedPort, ProcessInfo,
+    ProcessState, SandboxId, SandboxStatus, Signal,
+};
+
+use crate::client::GuestClient;
+use crate::guest::{self, refusal, GuestExec};
+use crate::qemu::{Machine, Qemu, Ram};
+use crate::qmp::Qmp;
+use crate::state::{now_ms, VmState};
+use crate::template::{INITRAMFS_FILE, KERNEL_FILE, RAM_FILE as TEMPLATE_RAM};
+use crate::vm::{Vm, VmError, RESTORE_TIMEOUT};
+
+const CHECKPOINTS_DIR: &str = "checkpoints";
+const VMSTATE_FILE: &str = "vmstate";
+const WORKSPACE_TAR: &str = "workspace.tar";
+
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        isolation: true,
+        exec_stream: true,
+        pty: true,
+        detached_processes: true,
+        files: true,
+        ports: true,
+        checkpoint: cthulu_types::CheckpointSupport::FilesystemAndMemory,
+        stop_resume: true,
+        network_policy: true,
+    }
+}
+
+/// One microVM sandbox: `<root>/sandboxes/<id>/` holds its state, sockets and checkpoints.
+pub struct VmSandbox {
+    pub(crate) sandbox_id: SandboxId,
+    pub(crate) dir: PathBuf,
+    qemu: Arc<Qemu>,
+    /// The templates' directory (a memory restore maps the template's RAM file again).
+    templates_root: PathBuf,
+    state: Mutex<VmState>,
+    /// The agent connection, made again when it broke.
+    agent: tokio::sync::Mutex<Option<GuestClient>>,
+    /// The QMP session (QEMU serves one at a time).
+    qmp: tokio::sync::Mutex<Option<Qmp>>,
+    /// Serialises stop, resume, checkpoint, restore and destroy.
+    lifecycle: tokio::sync::Mutex<()>,
+    forwarders: Mutex<Forwarders>,
+    next_process: AtomicU64,
+    /// Dials guest ports (set once the sandbox is in its `Arc`).
+    connector: std::sync::OnceLock<Arc<dyn Connector>>,
+}
+
+impl VmSandbox {
+    pub(crate) fn new(
+        dir: PathBuf,
+        state: VmState,
+        qemu: Arc<Qemu>,
+        templates_root: PathBuf,
+        agent: Option<GuestClient>,
+    ) -> VmSandbox {
+        VmSandbox {
+            sandbox_id: state.sandbox_id.clone(),
+            dir,
+            qemu,
+            templates_root,
+            next_process: AtomicU64::new(state.commands.len() as u64 + 1),
+            state: Mutex::new(state),
+            agent: tokio::sync::Mutex::new(agent),
+            qmp: tokio::sync::Mutex::new(None),
+            lifecycle: tokio::sync::Mutex::new(()),
+            forwarders: Mutex::new(Forwarders::new()),
+            connector: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, VmState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn check(&self, operation: Operation) -> Result<(), SandboxError> {
+        Ok(self.lock().status.check(operation)?)
+    }
+
+    fn vm(&self) -> Vm {
+        Vm {
+            dir: self.dir.clone(),
+            pid: self.lock().pid,
+        }
+    }
+
+    /// The pid of the sandbox's QEMU.
+    pub fn qemu_pid(&self) -> u32 {
+        self.lock().pid
+    }
+
+    fn save_state(&self, state: &VmState) -> Result<(), SandboxError> {
+        state
+            .save(&self.dir)
+            .map_err(|error| SandboxError::io("write", self.dir.join("state.json"), error))
+    }
+
+    fn set_status(&self, status: SandboxStatus) -> Result<(), SandboxError> {
+        let mut state = self.lock();
+        state.status = status;
+        let snapshot = state.clone();
+        drop(state);
+        self.save_state(&snapshot)
+    }
+
+    /// The agent connection, connecting again when there is none or it broke. A VM whose
+    /// QEMU died is lost.
+    pub(crate) async fn client(&self) -> Result<GuestClient, SandboxError> {
+        let mut agent = self.agent.lock().await;
+        if let Some(client) = agent.as_ref().filter(|client| !client.is_closed()) {
+            return Ok(client.clone());
+        }
+        let vm = self.vm();
+        if !vm.is_running() {
+            let mut state = self.lock();
+            if state.status == SandboxStatus::Running {
+                state.status = SandboxStatus::Lost;
+                let snapshot = state.clone();
+                drop(state);
+                let _ = self.save_state(&snapshot);
+            }
+            return Err(SandboxError::system(
+                "reach the VM",
+                std::io::Error::other("its QEMU process is gone (the sandbox is lost)"),
+            ));
+        }
+        let client = vm
+            .connect_agent(RESTORE_TIMEOUT)
+            .await
+            .map_err(vm_failure("connect to the guest agent"))?;
+        *agent = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Runs `command` on the QMP session, connecting (again) when needed.
+    async fn qmp_execute(&self, command: &str) -> Result<(), SandboxError> {
+        let mut qmp = self.qmp.lock().await;
+        for attempt in 0..2 {
+            if qmp.is_none() {
+                *qmp = Some(self.vm().qmp().await.map_err(vm_failure("reach QEMU"))?);
+            }
+            let session = qmp.as_mut().expect("connected above");
+            match session.execute(command, None).await {
+                Ok(_) => return Ok(()),
+                Err(error) if attempt == 0 => {
+                    tracing::debug!(%error, "QMP session broke; connecting again");
+                    *qmp = None;
+                }
+                Err(error) => return Err(vm_failure("control QEMU")(error.into())),
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    fn process_id(&self) -> String {
+        let counter = self.next_process.fetch_add(1, Ordering::Relaxed);
+        let mut random = [0u8; 4];
+        let _ = getrandom::fill(&mut random);
+        format!(
+            "p{counter}-{}",
+            random
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect::<String>()
+        )
+    }
+
+    fn remember_command(&self, process_id: &str, spec: &ExecSpec) {
+        let mut state = self.lock();
+        state
+            .commands
+            .insert(process_id.to_string(), spec.command.display());
+        // Bounded like the agent's own list.
+        while state.commands.len() > 256 {
+            let oldest = state.commands.keys().next().cloned();
+            if let Some(oldest) = oldest {
+                state.commands.remove(&oldest);
+            }
+        }
+        let snapshot = state.clone();
+        drop(state);
+        let _ = self.save_state(&snapshot);
+    }
+
+    /// Identity, clock and environment of the guest: after every boot and restore.
+    pub(crate) async fn configure(
+        client: &GuestClient,
+        sandbox_id: &SandboxId,
+        env: &std::collections::BTreeMap<String, String>,
+        identity: bool,
+    ) -> Result<(), SandboxError> {
+        let random = |count: usize| {
+            let mut bytes = vec![0u8; count];
+            let _ = getrandom::fill(&mut bytes);
+            bytes
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect::<String>()
+        };
+        let config = GuestConfig {
+            hostname: identity.then(|| sandbox_id.to_string()),
+            clock_unix_ms: Some(now_ms()),
+            entropy_hex: Some(random(64)),
+            machine_id: identity.then(|| random(16)),
+            workspace: Some(guest::WORKSPACE.into()),
+            env: Some(env.clone()),
+        };
+        client
+            .call(Request::Configure(config))
+            .await
+            .map(|_| ())
+            .map_err(|error| refusal(error, "configure"))
+    }
+
+    fn checkpoint_dir(&self, checkpoint_id: &str) -> PathBuf {
+        self.dir.join(CHECKPOINTS_DIR).join(checkpoint_id)
+    }
+
+    fn find_checkpoint(&self, checkpoint: &str) -> Result<Checkpoint, SandboxError> {
+        self.lock()
+            .checkpoints
+            .iter()
+            .find(|found| found.id == checkpoint || found.name.as_deref() == Some(checkpoint))
+            .cloned()
+            .ok_or_else(|| SandboxError::CheckpointNotFound {
+                checkpoint: checkpoint.to_string(),
+            })
+    }
+
+    /// Replaces the VM by a new QEMU loading `vmstate`, its RAM mapped from the template.
+    async fn restore_memory(&self, vmstate: PathBuf) -> Result<(), SandboxError> {
+        let old = self.vm();
+        *self.agent.lock().await = None;
+        *self.qmp.lock().await = None;
+        old.kill().await;
+        let state = self.lock().clone();
+        let machine = clone_machine(
+            &self.dir,
+            &self.templates_root.join(&state.template),
+            &state,
+        );
+        let result = async {
+            let vm = Vm::launch(&self.qemu, &machine).await?;
+            {
+                let mut saved = self.lock();
+                saved.pid = vm.pid;
+            }
+            let mut qmp = vm.qmp().await?;
+            vm.load(&mut qmp, &vmstate).await?;
+            let client = vm.connect_agent(RESTORE_TIMEOUT).await?;
+            Ok::<_, VmError>((qmp, client))
+        }
+        .await;
+        match result {
+            Ok((qmp, client)) => {
+                Self::configure(&client, &self.sandbox_id, &state.env, false).await?;
+                *self.qmp.lock().await = Some(qmp);
+                *self.agent.lock().await = Some(client);
+                let mut saved = self.lock();
+                saved.status = SandboxStatus::Running;
+                let snapshot = saved.clone();
+                drop(saved);
+                self.save_state(&snapshot)
+            }
+            Err(error) => {
+                self.vm().kill().await;
+                let _ = self.set_status(SandboxStatus::Lost);
+                Err(vm_failure("restore the VM")(error))
+            }
+        }
+    }
+
+    pub(crate) async fn kill_vm(&self) {
+        *self.agent.lock().await = None;
+        *self.qmp.lock().await = None;
+        self.vm().kill().await;
+    }
+}
+
+/// A VM of `state`'s size whose RAM is the template in `template_dir`, waiting for a state
+/// file to load.
+pub(crate) fn clone_machine(
+    dir: &std::path::Path,
+    template_dir: &std::path::Path,
+    state: &VmState,
+) -> Machine {
+    Machine {
+        dir: dir.to_path_buf(),
+        memory_mib: state.memory_mib,
+        vcpus: state.vcpus,
+        network: state.network,
+        kernel: template_dir.join(KERNEL_FILE),
+        initramfs: template_dir.join(INITRAMFS_FILE),
+        ram: Ram::Private(template_dir.join(TEMPLATE_RAM)),
+        incoming: true,
+    }
+}
+
+pub(crate) fn vm_failure(operation: &'static str) -> impl Fn(VmError) -> SandboxError {
+    move |error| SandboxError::system(operation, std::io::Error::other(error.to_string()))
+}
+
+fn process_info(
+    entry: ProcessEntry,
+    commands: &std::collections::BTreeMap<String, String>,
+) -> ProcessInfo {
+    let (state, exit_code, signal) = match entry.exit {
+        None => (ProcessState::Running, None, None),
+        Some(exit) => (ProcessState::Exited, exit.code, exit.signal),
+    };
+    ProcessInfo {
+        command: commands
+            .get(&entry.process_id)
+            .cloned()
+            .unwrap_or(entry.command),
+        id: entry.process_id,
+        state,
+        detached: entry.detached,
+        tty: entry.tty,
+        exit_code,
+        signal,
+        started_at_ms: entry.started_unix_ms,
+    }
+}
+
+#[async_trait]
+impl SandboxHandle for VmSandbox {
+    fn id(&self) -> &SandboxId {
+        &self.sandbox_id
+    }
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Qemu
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        capabilities()
+    }
+
+    fn status(&self) -> SandboxStatus {
+        self.lock().status
+    }
+
+    async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput, SandboxError> {
+        self.check(Operation::Exec)?;
+        if spec.detach || spec.tty.is_some() {
+            return Err(SandboxError::invalid(
+                "exec",
+                "detached and terminal commands need a streaming exec",
+            ));
+        }
+        let client = self.client().await?;
+        let process_id = self.process_id();
+        guest::exec(&client, spec, &process_id).await
+    }
+
+    async fn exec_stream(&self, spec: ExecSpec) -> Result<Box<dyn ExecStream>, SandboxError> {
+        self.check(Operation::Exec)?;
+        let client = self.client().await?;
+        let process_id = self.process_id();
+        let stream = GuestExec::start(&client, &spec, &process_id).await?;
+        self.remember_command(&process_id, &spec);
+        Ok(Box::new(stream))
+    }
+
+    async fn list_processes(&self) -> Result<Vec<ProcessInfo>, SandboxError> {
+        self.check(Operation::Exec)?;
+        let client = self.client().await?;
+        let controls = client
+            .call(Request::ProcessList)
+            .await
+            .map_err(|error| refusal(error, "processes"))?;
+        let commands = self.lock().commands.clone();
+        let mut processes: Vec<ProcessInfo> = controls
+            .into_iter()
+            .filter_map(|control| match control {
+                Control::Processes { processes } => Some(processes),
+                _ => None,
+            })
+            .flatten()
+            .map(|entry| process_info(entry, &commands))
+            .collect();
+        processes.sort_by_key(|process| process.started_at_ms);
+        Ok(processes)
+    }
+
+    async fn attach_process(&self, process_id: &str) -> Result<Box<dyn ExecStream>, SandboxError> {
+        self.check(Operation::Exec)?;
+        let client = self.client().await?;
+        Ok(Box::new(GuestExec::attach(&client, process_id).await?))
+    }
+
+    async fn signal_process(&self, process_id: &str, signal: Signal) -> Result<(), SandboxError> {
+        self.check(Operation::Exec)?;
+        let client = self.client().await?;
+        client
+            .call(Request::SignalProcess {
+                process_id: process_id.to_string(),
+                signal: guest::wire_signal(signal),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|error| match error.code() {
+                Some(cthulu_guest_protocol::message::ErrorCode::NotFound) => {
+                    SandboxError::ProcessNotFound {
+                        process_id: process_id.to_string(),
+                    }
+                }
+                _ => refusal(error, process_id),
+            })
+    }
+
+    async fn put_file(
+        &self,
+        path: &str,
+        options: PutOptions,
+        contents: ByteReader,
+    ) -> Result<u64, SandboxError> {
+        self.check(Operation::Files)?;
+        let relative = cthulu_core::workspace_relative(path)?;
+        let client = self.client().await?;
+        guest::put_file(
+            &client,
+            &relative,
+            options.mode.unwrap_or(0o644),
+            options.create_parents,
+            contents,
+        )
+        .await
+    }
+
+    async fn get_file(&self, path: &str) -> Result<FileDownload, SandboxError> {
+        self.check(Operation::Files)?;
+        let relative = cthulu_core::workspace_relative(path)?;
+        let client = self.client().await?;
+        let (size, mode, contents) = guest::get_file(&client, &relative).await?;
+        Ok(FileDownload {
+            size,
+            mode,
+            contents,
+        })
+    }
+
+    async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>, SandboxError> {
+        self.check(Operation::Files)?;
+        let relative = cthulu_core::workspace_relative(path)?;
+        let client = self.client().await?;
+        guest::read_dir(&client, &relative).await
+    }
+
+    async fn remove(&self, path: &str, recursive: bool) -> Result<(), SandboxError> {
+        self.check(Operation::Files)?;
+        let relative = cthulu_core::workspace_relative(path)?;
+        let (path, shown) = guest::wire_path(&relative);
+        let client = self.client().await?;
+        client
+            .call(Request::Remove { path, recursive })
+            .await
+            .map(|_| ())
+            .map_err(|error| refusal(error, &shown))
+    }
+
+    async fn expose_port(&self, port: u16) -> Result<ExposedPort, SandboxError> {
+        ports::expose(self, port).await
+    }
+
+    async fn unexpose_port(&self, port: u16) -> Result<(), SandboxError> {
+        ports::unexpose(self, port)
+    }
+
+    async fn list_ports(&self) -> Result<Vec<ExposedPort>, SandboxError> {
+        ports::list(self)
+    }
+
+    async fn checkpoint(&self, request: CheckpointRequest) -> Result<Checkpoint, SandboxError> {
+        let _lifecycle = self.lifecycle.lock().await;
+        self.check(Operation::Checkpoint)?;
+        if let Some(name) = &request.name {
+            if self.find_checkpoint(name).is_ok() {
+                return Err(SandboxError::CheckpointExists { name: name.clone() });
+            }
+        }
+        let checkpoint_id = format!("c{}", now_ms());
+        let dir = self.checkpoint_dir(&checkpoint_id);
+        fs_err::create_dir_all(&dir).map_err(|error| SandboxError::io("create", &dir, error))?;
+        let result = async {
+            if request.memory {
+                let was_running = self.status() == SandboxStatus::Running;
+                let mut qmp = self.qmp.lock().await;
+                if qmp.is_none() {
+                    *qmp = Some(self.vm().qmp().await.map_err(vm_failure("reach QEMU"))?);
+                }
+                let session = qmp.as_mut().expect("connected above");
+                let saved = self.vm().save(session, &dir.join(VMSTATE_FILE)).await;
+                if was_running {
+                    session
+                        .execute("cont", None)
+                        .await
+                        .map_err(|error| vm_failure("continue the VM")(error.into()))?;
+                }
+                saved.map_err(vm_failure("save the VM"))?;
+            } else {
+                self.check(Operation::Exec)?;
+                let client = self.client().await?;
+                let mut spec = ExecSpec::argv(["tar", "-C", guest::WORKSPACE, "-cf", "-", "."]);
+                spec.max_output_bytes = u64::MAX / 2;
+                spec.timeout = Duration::from_secs(600);
+                let mut stream = GuestExec::start(&client, &spec, &self.process_id()).await?;
+                let path = dir.join(WORKSPACE_TAR);
+                let mut file = tokio::fs::File::create(&path)
+                    .await
+                    .map_err(|error| SandboxError::io("create", &path, error))?;
+                let mut exit = None;
+                while let Some(event) = stream.next_event().await {
+                    match event {
+                        cthulu_core::ExecEvent::Stdout(bytes) => {
+                            tokio::io::AsyncWriteExt::write_all(&mut file, &bytes)
+                                .await
+                                .map_err(|error| SandboxError::io("write", &path, error))?
+                        }
+                        cthulu_core::ExecEvent::Stderr(_) => {}
+                        cthulu_core::ExecEvent::Exit(info) => exit = Some(info),
+                    }
+                }
+                if exit.and_then(|exit| exit.exit_code) != Some(0) {
+                    return Err(SandboxError::system(
+                        "archive the workspace",
+                        std::io::Error::other("tar in the guest failed"),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(error) = result {
+            let _ = fs_err::remove_dir_all(&dir);
+            return Err(error);
+        }
+        let checkpoint = Checkpoint {
+            id: checkpoint_id,
+            name: request.name,
+            created_at_ms: now_ms(),
+            size_bytes: dir_size(&dir),
+            memory: request.memory,
+        };
+        let mut state = self.lock();
+        state.checkpoints.push(checkpoint.clone());
+        let snapshot = state.clone();
+        drop(state);
+        self.save_state(&snapshot)?;
+        Ok(checkpoint)
+    }
+
+    async fn list_checkpoints(&self) -> Result<Vec<Checkpoint>, SandboxError> {
+        Ok(self.lock().checkpoints.clone())
+    }
+
+    async fn restore(&self, checkpoint: &str) -> Result<(), SandboxError> {
+        let _lifecycle = self.lifecycle.lock().await;
+        self.check(Operation::Restore)?;
+        let found = self.find_checkpoint(checkpoint)?;
+        let dir = self.checkpoint_dir(&found.id);
+        if found.memory {
+            return self.restore_memory(dir.join(VMSTATE_FILE)).await;
+        }
+        self.check(Operation::Exec)?;
+        let archive = fs_err::read(dir.join(WORKSPACE_TAR))
+            .map_err(|error| SandboxError::io("read", dir.join(WORKSPACE_TAR), error))?;
+        let client = self.client().await?;
+        let mut spec = ExecSpec::shell(format!(
+            "cd {workspace} && find . -mindepth 1 -maxdepth 1 -exec rm -rf {{}} + && tar -xf -",
+            workspace = guest::WORKSPACE
+        ));
+        spec.stdin = Some(archive);
+        spec.timeout = Duration::from_secs(600);
+        let output = guest::exec(&client, spec, &self.process_id()).await?;
+        if output.exit.exit_code != Some(0) {
+            return Err(SandboxError::system(
+                "restore the workspace",
+                std::io::Error::other(String::from_utf8_lossy(&output.stderr).into_owned()),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn delete_checkpoint(&self, checkpoint: &str) -> Result<(), SandboxError> {
+        let _lifecycle = self.lifecycle.lock().await;
+        let found = self.find_checkpoint(checkpoint)?;
+        let dir = self.checkpoint_dir(&found.id);
+        let _ = fs_err::remove_dir_all(&dir);
+        let mut state = self.lock();
+        state.checkpoints.retain(|kept| kept.id != found.id);
+        let snapshot = state.clone();
+        drop(state);
+        self.save_state(&snapshot)
+    }
+
+    async fn stop(&self) -> Result<(), SandboxError> {
+        let _lifecycle = self.lifecycle.lock().await;
+        self.check(Operation::Stop)?;
+        self.qmp_execute("stop").await?;
+        self.set_status(SandboxStatus::Stopped)
+    }
+
+    async fn resume(&self) -> Result<(), SandboxError> {
+        let _lifecycle = self.lifecycle.lock().await;
+        self.check(Operation::Resume)?;
+        self.qmp_execute("cont").await?;
+        self.set_status(SandboxStatus::Running)?;
+        // The guest's clock stood still while it was stopped.
+        if let Ok(client) = self.client().await {
+            let env = self.lock().env.clone();
+            let _ = Self::configure(&client, &self.sandbox_id, &env, false).await;
+        }
+        Ok(())
+    }
+
+    async fn destroy(&self) -> Result<(), SandboxError> {
+        let _lifecycle = self.lifecycle.lock().await;
+        if self.status() == SandboxStatus::Destroyed {
+            return Ok(());
+        }
+        self.forwarders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
+        self.kill_vm().await;
+        match fs_err::remove_dir_all(&self.dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(SandboxError::io("remove", &self.dir, error))
+            }
+            _ => {}
+        }
+        self.lock().status = SandboxStatus::Destroyed;
+        Ok(())
+    }
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    fs_err::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok()?.metadata().ok())
+                .map(|metadata| {
+                    use std::os::unix::fs::MetadataExt;
+                    metadata.blocks() * 512
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Dials guest ports through the agent.
+struct AgentConnector {
+    sandbox: std::sync::Weak<VmSandbox>,
+}
+
+#[async_trait]
+impl Connector for AgentConnector {
+    async fn connect(&self, port: u16) -> Option<Box<dyn Duplex>> {
+        let sandbox = self.sandbox.upgrade()?;
+        let client = sandbox.client().await.ok()?;
+        guest::tunnel(&client, port).await
+    }
+}
+
+impl VmSandbox {
+    /// Puts the sandbox in its `Arc`; its port connector holds a weak reference to it.
+    pub(crate) fn into_arc(self) -> Arc<VmSandbox> {
+        let sandbox = Arc::new(self);
+        let connector: Arc<dyn Connector> = Arc::new(AgentConnector {
+            sandbox: Arc::downgrade(&sandbox),
+        });
+        let _ = sandbox.connector.set(connector);
+        sandbox
+    }
+}
+
+impl PortSandbox for VmSandbox {
+    fn sandbox_id(&self) -> &SandboxId {
+        &self.sandbox_id
+    }
+
+    fn connector(&self) -> Arc<dyn Connector> {
+        self.connector
+            .get()
+            .cloned()
+            .expect("set when the sandbox was made")
+    }
+
+    fn with_ports<R>(
+        &self,
+        operation: Option<Operation>,
+        change: impl FnOnce(&mut Vec<ExposedPort>, &mut Forwarders) -> R,
+    ) -> Result<R, SandboxError> {
+        let mut state = self.lock();
+        match operation {
+            Some(operation) => state.status.check(operation)?,
+            None => state.status.check_exists()?,
+        }
+        let mut forwarders = self
+            .forwarders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut records = std::mem::take(&mut state.ports);
+        let result = change_and_save(&mut records, &mut forwarders, change, |records| {
+            let mut snapshot = state.clone();
+            snapshot.ports = records.to_vec();
+            snapshot
+                .save(&self.dir)
+                .map_err(|error| SandboxError::io("write", self.dir.join("state.json"), error))
+        });
+        state.ports = records;
+        result
+    }
+}

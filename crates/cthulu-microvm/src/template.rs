@@ -1,0 +1,201 @@
+//! Template snapshots: "a sandbox is a resumed snapshot". The first create of an image,
+//! size and network boots a VM with its RAM in a shared file, waits for the agent, and
+//! saves the device state next to that file. Later creates start QEMU with the file
+//! mapped private (copy-on-write: clones share its pages until they write them) and load
+//! the device state instead of booting.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::qemu::{Machine, Qemu, Ram};
+use crate::vm::{Vm, VmError, BOOT_TIMEOUT};
+
+/// A guest image: its version id and the files QEMU boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestImage {
+    pub name: String,
+    pub version: String,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+/// What a template is made for: VMs of one image, size and network.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TemplateKey {
+    pub image_version: String,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub network: bool,
+}
+
+impl TemplateKey {
+    /// The template's directory name.
+    pub fn name(&self) -> String {
+        format!(
+            "{}-{}m-{}c-{}",
+            self.image_version,
+            self.memory_mib,
+            self.vcpus,
+            if self.network { "net" } else { "nonet" }
+        )
+    }
+}
+
+/// A saved template: the RAM file and the device state.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub name: String,
+    pub dir: PathBuf,
+    pub ram: PathBuf,
+    pub state: PathBuf,
+    /// How long booting it took, when this call made it.
+    pub boot: Option<std::time::Duration>,
+}
+
+pub const RAM_FILE: &str = "ram";
+pub const STATE_FILE: &str = "vmstate";
+/// The boot files are copied in: a template must not change when its image is rebuilt.
+pub const KERNEL_FILE: &str = "vmlinuz";
+pub const INITRAMFS_FILE: &str = "initramfs";
+
+/// The templates under one directory; makes each at most once at a time.
+#[derive(Debug)]
+pub struct Templates {
+    root: PathBuf,
+    building: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Templates {
+    pub fn new(root: PathBuf) -> Templates {
+        Templates {
+            root,
+            building: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The template of `key`, made first if there is none.
+    pub async fn get(
+        &self,
+        qemu: &Qemu,
+        image: &GuestImage,
+        key: &TemplateKey,
+    ) -> Result<Template, VmError> {
+        let name = key.name();
+        let dir = self.root.join(&name);
+        let existing = || {
+            let ram = dir.join(RAM_FILE);
+            let state = dir.join(STATE_FILE);
+            (ram.is_file() && state.is_file()).then(|| Template {
+                name: name.clone(),
+                dir: dir.clone(),
+                ram,
+                state,
+                boot: None,
+            })
+        };
+        if let Some(template) = existing() {
+            return Ok(template);
+        }
+        let lock = self
+            .building
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(name.clone())
+            .or_default()
+            .clone();
+        let _building = lock.lock().await;
+        if let Some(template) = existing() {
+            return Ok(template);
+        }
+        let started = std::time::Instant::now();
+        let boot = self.make(qemu, image, key, &dir).await?;
+        tracing::info!(template = %name, boot_ms = boot.as_millis() as u64, total_ms = started.elapsed().as_millis() as u64, "made a VM template");
+        let mut template = existing().ok_or_else(|| {
+            VmError::Launch(format!(
+                "template {name} was made but its files are missing"
+            ))
+        })?;
+        template.boot = Some(boot);
+        Ok(template)
+    }
+
+    /// Boots a VM for `key` in a scratch directory, saves it, and renames the directory
+    /// into place. Returns the boot time (start to agent hello).
+    async fn make(
+        &self,
+        qemu: &Qemu,
+        image: &GuestImage,
+        key: &TemplateKey,
+        dir: &Path,
+    ) -> Result<std::time::Duration, VmError> {
+        fs_err::create_dir_all(&self.root)?;
+        let scratch = self
+            .root
+            .join(format!(".build-{}-{}", key.name(), std::process::id()));
+        let _ = fs_err::remove_dir_all(&scratch);
+        fs_err::create_dir_all(&scratch)?;
+        let result = async {
+            fs_err::copy(&image.kernel, scratch.join(KERNEL_FILE))?;
+            fs_err::copy(&image.initramfs, scratch.join(INITRAMFS_FILE))?;
+            let machine = Machine {
+                dir: scratch.clone(),
+                memory_mib: key.memory_mib,
+                vcpus: key.vcpus,
+                network: key.network,
+                kernel: scratch.join(KERNEL_FILE),
+                initramfs: scratch.join(INITRAMFS_FILE),
+                ram: Ram::Shared(scratch.join(RAM_FILE)),
+                incoming: false,
+            };
+            let started = std::time::Instant::now();
+            let vm = Vm::launch(qemu, &machine).await?;
+            let outcome = async {
+                // The connection stays open through the save: the restored agent then
+                // reads the next host's hello at once.
+                let _agent = vm.connect_agent(BOOT_TIMEOUT).await?;
+                let boot = started.elapsed();
+                let mut qmp = vm.qmp().await?;
+                vm.save(&mut qmp, &scratch.join(STATE_FILE)).await?;
+                let _ = qmp.execute("quit", None).await;
+                Ok::<_, VmError>(boot)
+            }
+            .await;
+            vm.kill().await;
+            outcome
+        }
+        .await;
+        match result {
+            Ok(boot) => {
+                for name in [RAM_FILE, STATE_FILE] {
+                    // Clones map the file: it must never change again.
+                    let path = scratch.join(name);
+                    let mut permissions = fs_err::metadata(&path)?.permissions();
+                    permissions.set_readonly(true);
+                    fs_err::set_permissions(&path, permissions)?;
+                }
+                for name in crate::qemu::SCRATCH_FILES {
+                    let _ = fs_err::remove_file(scratch.join(name));
+                }
+                fs_err::rename(&scratch, dir)?;
+                Ok(boot)
+            }
+            Err(error) => {
+                let _ = fs_err::remove_dir_all(&scratch);
+                Err(error)
+            }
+        }
+    }
+
+    /// Removes every template (they are remade on demand).
+    pub fn clear(&self) -> std::io::Result<()> {
+        match fs_err::remove_dir_all(&self.root) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+}
