@@ -8,6 +8,7 @@
 //! them again by their pid files. [`qemu`] picks the accelerator at run time (hardware
 //! KVM, else TCG) and builds the command line.
 pub mod client;
+pub mod firecracker;
 pub mod guest;
 pub mod provider;
 pub mod qemu;
