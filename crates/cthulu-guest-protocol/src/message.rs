@@ -117,7 +117,7 @@ pub enum Request {
     /// process group), unless the exec is `detached`.
     Exec(ExecRequest),
     /// Follow a process started by an earlier exec (of this or an earlier connection): the
-    /// agent replays the output it kept (the last [`RETAINED_OUTPUT`] bytes per channel),
+    /// agent answers [`Control::Started`] (or a `not_found` reset), replays the output it kept (the last [`RETAINED_OUTPUT`] bytes per channel),
     /// then streams live output, then [`Control::Exit`] and close. Data from the host is
     /// the process's stdin. Closing the stream leaves the process running.
     Attach { process_id: String },

@@ -514,18 +514,7 @@ mod tests {
         let binary = match find_binary() {
             Ok(binary) => binary,
             Err(reason) => {
-                let line = format!("SKIP firecracker: {reason}");
-                println!("{line}");
-                if let Some(log) = std::env::var_os("CTHULU_SKIP_LOG") {
-                    use std::io::Write;
-                    if let Ok(mut file) = std::fs::OpenOptions::new()
-                        .append(true)
-                        .create(true)
-                        .open(log)
-                    {
-                        let _ = writeln!(file, "{line}");
-                    }
-                }
+                cthulu_core::conformance::report_skip(&format!("SKIP firecracker: {reason}"));
                 return;
             }
         };

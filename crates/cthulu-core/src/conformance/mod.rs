@@ -41,7 +41,7 @@ mod support;
 mod target;
 mod watch;
 
-pub use runner::{run_scenario, Needs, HOST_SECRET_VALUE, HOST_SECRET_VAR};
+pub use runner::{report_skip, run_scenario, Needs, HOST_SECRET_VALUE, HOST_SECRET_VAR};
 pub use sandbox::{exec_on, sh_on, Sandbox};
 pub use support::{
     describe, expect_code, expect_one_of, fail, within, Canary, Context, Outcome, ScenarioError,

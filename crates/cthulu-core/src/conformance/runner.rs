@@ -122,7 +122,7 @@ pub async fn run_scenario<F, Fut>(
 
 /// Prints a `SKIP` line to stderr and, when `$CTHULU_SKIP_LOG` names a file, appends it
 /// there too: nextest hides a passing test's output, and `scripts/test` shows that file.
-pub(super) fn report_skip(line: &str) {
+pub fn report_skip(line: &str) {
     eprintln!("{line}");
     if let Some(path) = std::env::var_os(SKIP_LOG_VAR) {
         let appended = std::fs::OpenOptions::new()
