@@ -24,8 +24,11 @@ pub const DEFAULT_VCPUS: u32 = 1;
 
 /// How the QEMU backend is set up.
 pub struct QemuConfig {
-    /// Holds `sandboxes/` and `templates/`.
+    /// Holds `sandboxes/` (and `templates/` unless `templates` names another place).
     pub root: PathBuf,
+    /// Where templates are kept; they depend only on the image and the VM's size, so
+    /// several servers (or test runs) may share them.
+    pub templates: Option<PathBuf>,
     /// `None`: `qemu-system-x86_64` from PATH.
     pub binary: Option<PathBuf>,
     pub images: ImageResolver,
@@ -47,7 +50,11 @@ impl QemuProvider {
         }
         QemuProvider {
             qemu,
-            templates: Arc::new(Templates::new(config.root.join("templates"))),
+            templates: Arc::new(Templates::new(
+                config
+                    .templates
+                    .unwrap_or_else(|| config.root.join("templates")),
+            )),
             root: config.root,
             images: config.images,
             handles: Handles::default(),

@@ -181,7 +181,13 @@ impl Templates {
                 for name in crate::qemu::SCRATCH_FILES {
                     let _ = fs_err::remove_file(scratch.join(name));
                 }
-                fs_err::rename(&scratch, dir)?;
+                if let Err(error) = fs_err::rename(&scratch, dir) {
+                    // Another process sharing the templates made the same one meanwhile.
+                    let _ = fs_err::remove_dir_all(&scratch);
+                    if !dir.join(STATE_FILE).is_file() {
+                        return Err(error.into());
+                    }
+                }
                 Ok(boot)
             }
             Err(error) => {
