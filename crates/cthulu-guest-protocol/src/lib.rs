@@ -65,7 +65,9 @@
 //! the agent answers an `OPEN` it cannot serve with `RESET` and an error code. Frames for a
 //! stream that is unknown or gone, `DATA`/`CONTROL`/`CLOSE` after the peer's `CLOSE`, and an
 //! `OPEN` reusing an id or using the other side's parity are violations; frames that
-//! arrive for a stream this side reset recently are dropped (they crossed the reset).
+//! arrive for a stream that ended recently on this side (reset by it, or closed both ways
+//! by its own last `CLOSE`) are dropped: they crossed the end, like a `WINDOW_UPDATE` the
+//! peer granted before it saw that close.
 //!
 //! # Flow control
 //!

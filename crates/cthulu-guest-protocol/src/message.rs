@@ -113,8 +113,9 @@ pub enum Request {
     /// be executed, naming it). Opener → agent data is stdin, agent → opener data is
     /// stdout (channel main) and stderr (channel stderr); the agent ends with
     /// [`Control::Exit`] then close.
-    /// A stream the host closes or resets before the exit kills the process (its whole
-    /// process group), unless the exec is `detached`.
+    /// The host closing its direction is the end of stdin (Ctrl-D on a terminal); a
+    /// stream the host resets before the exit, or a session that ends, kills the process
+    /// (its whole process group), unless the exec is `detached`.
     Exec(ExecRequest),
     /// Follow a process started by an earlier exec (of this or an earlier connection): the
     /// agent answers [`Control::Started`] (or a `not_found` reset), replays the output it kept (the last [`RETAINED_OUTPUT`] bytes per channel),

@@ -13,9 +13,10 @@ pub const MAX_WINDOW: u64 = (1 << 31) - 1;
 /// Default limit on streams open at once.
 pub const DEFAULT_MAX_STREAMS: usize = 1024;
 
-/// How many ids of streams we reset are remembered, so frames the peer sent before it saw
-/// the reset are dropped instead of treated as violations.
-const RESET_MEMORY: usize = 1024;
+/// How many ids of streams that ended (reset by us, or closed both ways) are remembered, so
+/// frames the peer sent before it saw the end (data crossing our reset, a window update
+/// crossing our last close) are dropped instead of treated as violations.
+const END_MEMORY: usize = 1024;
 
 /// Which end of the connection this is; it decides the ids of the streams it opens (host:
 /// odd, guest: even, never 0).
@@ -203,7 +204,7 @@ pub struct Mux {
     next_local_id: Option<u32>,
     highest_peer_id: u32,
     streams: BTreeMap<StreamId, Stream>,
-    recently_reset: VecDeque<StreamId>,
+    recently_ended: VecDeque<StreamId>,
     /// Frames that go before any stream's queue: hello, open, window update, reset.
     urgent: VecDeque<Frame>,
     /// Streams with queued items, in round-robin order.
@@ -226,7 +227,7 @@ impl Mux {
             next_local_id: Some(role.first_stream_id()),
             highest_peer_id: 0,
             streams: BTreeMap::new(),
-            recently_reset: VecDeque::new(),
+            recently_ended: VecDeque::new(),
             urgent,
             round_robin: VecDeque::new(),
         }
@@ -376,7 +377,7 @@ impl Mux {
         let frame = Frame::new(stream_id, FrameBody::Reset(error));
         check_encodes(&frame)?;
         self.streams.remove(&stream_id);
-        self.remember_reset(stream_id);
+        self.remember_ended(stream_id);
         self.urgent.push_back(frame);
         Ok(())
     }
@@ -413,6 +414,8 @@ impl Mux {
             let frame = take_frame(stream_id, stream, max_frame)?;
             if stream.fully_closed() {
                 self.streams.remove(&stream_id);
+                // The peer may still grant credit it sent before it saw this close.
+                self.remember_ended(stream_id);
             } else if !stream.queue.is_empty() {
                 self.round_robin.push_back(stream_id);
             }
@@ -488,6 +491,7 @@ impl Mux {
                 stream.receive_window = 0;
                 if stream.fully_closed() {
                     self.streams.remove(&stream_id);
+                    self.remember_ended(stream_id);
                 }
                 Ok(Some(Event::Closed { stream_id }))
             }
@@ -518,14 +522,14 @@ impl Mux {
         Ok(Some(stream))
     }
 
-    /// A frame for a stream we do not have: dropped if we reset it recently (the frame
-    /// crossed our reset), a violation otherwise.
+    /// A frame for a stream we do not have: dropped if it ended recently (the frame
+    /// crossed our reset or our last close), a violation otherwise.
     fn unknown_stream(
         &self,
         stream_id: StreamId,
         kind: FrameKind,
     ) -> Result<Option<Event>, MuxError> {
-        if self.recently_reset.contains(&stream_id) {
+        if self.recently_ended.contains(&stream_id) {
             Ok(None)
         } else {
             Err(MuxError::UnknownStream { kind, stream_id })
@@ -571,11 +575,11 @@ impl Mux {
         }
     }
 
-    fn remember_reset(&mut self, stream_id: StreamId) {
-        if self.recently_reset.len() == RESET_MEMORY {
-            self.recently_reset.pop_front();
+    fn remember_ended(&mut self, stream_id: StreamId) {
+        if self.recently_ended.len() == END_MEMORY {
+            self.recently_ended.pop_front();
         }
-        self.recently_reset.push_back(stream_id);
+        self.recently_ended.push_back(stream_id);
     }
 
     fn peer_max_frame(&self) -> usize {
@@ -987,6 +991,30 @@ mod tests {
         );
         assert_eq!(guest.stream_status(stream_id), None);
         assert!(guest.poll_frame().is_none(), "the queued data was dropped");
+    }
+
+    #[test]
+    fn a_window_update_crossing_the_last_close_is_dropped() {
+        let (mut host, mut guest) = connected();
+        let stream_id = host.open(tunnel()).unwrap();
+        pump(&mut host, &mut guest);
+        host.close(stream_id).unwrap();
+        pump(&mut host, &mut guest);
+        host.grant(stream_id, 10).unwrap();
+        guest.send_data(stream_id, Channel::Main, b"last").unwrap();
+        guest.close(stream_id).unwrap();
+        // The host grants more while the guest's close is on its way: the guest's stream
+        // is gone (closed both ways) when the update arrives.
+        pump(&mut host, &mut guest);
+        host.grant(stream_id, 10).unwrap();
+        pump(&mut guest, &mut host);
+        assert_eq!(guest.stream_status(stream_id), None);
+        assert!(pump(&mut host, &mut guest).is_empty());
+        let stray = Frame::new(StreamId(99), FrameBody::WindowUpdate { increment: 1 });
+        assert!(matches!(
+            guest.receive(stray),
+            Err(MuxError::UnknownStream { .. })
+        ));
     }
 
     #[test]
