@@ -193,8 +193,17 @@ fn set_owner(
     if !as_root {
         return Ok(());
     }
-    let uid = u32::try_from(header.uid()?).unwrap_or(0);
-    let gid = u32::try_from(header.gid()?).unwrap_or(0);
+    // An empty or malformed owner field means root, as GNU tar reads it.
+    let uid = header
+        .uid()
+        .ok()
+        .and_then(|uid| u32::try_from(uid).ok())
+        .unwrap_or(0);
+    let gid = header
+        .gid()
+        .ok()
+        .and_then(|gid| u32::try_from(gid).ok())
+        .unwrap_or(0);
     rustix::fs::chownat(
         directory,
         name,
