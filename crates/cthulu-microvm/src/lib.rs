@@ -18,6 +18,6 @@ mod state;
 pub mod template;
 pub mod vm;
 
-pub use provider::{ImageResolver, QemuConfig, QemuProvider};
+pub use provider::{image_resolver, ImageResolver, QemuConfig, QemuProvider};
 pub use sandbox::VmSandbox;
 pub use template::GuestImage;

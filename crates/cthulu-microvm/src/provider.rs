@@ -18,6 +18,21 @@ use crate::vm::{Vm, RESTORE_TIMEOUT};
 /// Finds the guest image a create names (`None`: the default one).
 pub type ImageResolver = Arc<dyn Fn(Option<&str>) -> Result<GuestImage, String> + Send + Sync>;
 
+/// Resolves image names in `images_dir` (`$CTHULU_HOME/images`) with cthulu-image: each
+/// create reads the manifest again, so an image built while the server runs is used.
+pub fn image_resolver(images_dir: PathBuf) -> ImageResolver {
+    Arc::new(move |name: Option<&str>| {
+        let name = name.unwrap_or(cthulu_image::DEFAULT_IMAGE);
+        let image = cthulu_image::open(&images_dir, name).map_err(|error| error.to_string())?;
+        Ok(GuestImage {
+            name: image.name().to_string(),
+            version: image.version().to_string(),
+            kernel: image.kernel().to_path_buf(),
+            initramfs: image.initramfs().to_path_buf(),
+        })
+    })
+}
+
 /// Sizes when a create names none.
 pub const DEFAULT_MEMORY_MIB: u32 = 256;
 pub const DEFAULT_VCPUS: u32 = 1;
@@ -174,18 +189,25 @@ impl QemuProvider {
             .save(dir)
             .map_err(|error| SandboxError::io("write", dir.join("state.json"), error))?;
         let machine = clone_machine(dir, &template.dir, &state);
+        let t0 = std::time::Instant::now();
         let vm = Vm::launch(&qemu, &machine)
             .await
             .map_err(vm_failure("start QEMU"))?;
         state.pid = vm.pid;
+        tracing::debug!(elapsed = ?t0.elapsed(), "clone: launch done");
         let client = async {
             let mut qmp = vm.qmp().await?;
+            tracing::debug!(elapsed = ?t0.elapsed(), "clone: qmp done");
             vm.load(&mut qmp, &template.state).await?;
-            vm.connect_agent(RESTORE_TIMEOUT).await
+            tracing::debug!(elapsed = ?t0.elapsed(), "clone: load done");
+            let c = vm.connect_agent(RESTORE_TIMEOUT).await;
+            tracing::debug!(elapsed = ?t0.elapsed(), "clone: agent done");
+            c
         }
         .await
         .map_err(vm_failure("start the VM from its template"))?;
         VmSandbox::configure(&client, sandbox_id, &spec.env, true).await?;
+        tracing::debug!(elapsed = ?t0.elapsed(), "clone: configure done");
         state.status = SandboxStatus::Running;
         state
             .save(dir)
