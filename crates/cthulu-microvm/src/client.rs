@@ -244,7 +244,50 @@ impl std::fmt::Debug for GuestStream {
     }
 }
 
+/// The sending half of a [`GuestStream`], usable while another task reads the stream
+/// (a program's stdin must flow while its output is read, or both sides wait forever).
+#[derive(Clone)]
+pub struct StreamSender {
+    stream_id: StreamId,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl StreamSender {
+    /// Sends data; waits while the stream's queue is over [`SEND_QUEUE_LIMIT`].
+    pub async fn send(&self, bytes: Vec<u8>) -> Result<(), ClientError> {
+        let (done, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Data {
+                stream_id: self.stream_id,
+                bytes,
+                done,
+            })
+            .map_err(|_| gone())?;
+        answer
+            .await
+            .map_err(|_| gone())?
+            .map_err(ClientError::Disconnected)
+    }
+
+    /// Half-closes our direction (EOF for stdin, the end of an upload).
+    pub fn close(&self) -> Result<(), ClientError> {
+        self.commands
+            .send(Command::Close {
+                stream_id: self.stream_id,
+            })
+            .map_err(|_| gone())
+    }
+}
+
 impl GuestStream {
+    /// A sender for this stream that works while the stream is being read.
+    pub fn sender(&self) -> StreamSender {
+        StreamSender {
+            stream_id: self.stream_id,
+            commands: self.commands.clone(),
+        }
+    }
+
     /// The next event; after `Closed`, `Reset` or `Disconnected` it keeps answering
     /// `Disconnected`.
     pub async fn next(&mut self) -> StreamEvent {
@@ -269,18 +312,7 @@ impl GuestStream {
 
     /// Sends data; waits while the stream's queue is over [`SEND_QUEUE_LIMIT`].
     pub async fn send(&self, bytes: Vec<u8>) -> Result<(), ClientError> {
-        let (done, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Data {
-                stream_id: self.stream_id,
-                bytes,
-                done,
-            })
-            .map_err(|_| gone())?;
-        answer
-            .await
-            .map_err(|_| gone())?
-            .map_err(ClientError::Disconnected)
+        self.sender().send(bytes).await
     }
 
     pub fn control(&self, control: Control) -> Result<(), ClientError> {
@@ -294,11 +326,7 @@ impl GuestStream {
 
     /// Half-closes our direction (EOF for stdin, the end of an upload).
     pub async fn close_send(&self) -> Result<(), ClientError> {
-        self.commands
-            .send(Command::Close {
-                stream_id: self.stream_id,
-            })
-            .map_err(|_| gone())
+        self.sender().close()
     }
 
     /// Marks the stream as ended by the agent, so dropping it sends no reset.

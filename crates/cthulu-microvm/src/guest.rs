@@ -150,15 +150,20 @@ pub async fn exec(
         .await
         .map_err(lost)?;
     started(&mut stream, &program).await?;
-    if let Some(stdin) = spec.stdin.clone() {
+    // Stdin flows while the output is read: a program that writes as it reads would
+    // otherwise fill its output window and stop reading stdin, and both sides would wait.
+    let stdin = spec.stdin.clone().unwrap_or_default();
+    let sender = stream.sender();
+    let feeder = tokio::spawn(async move {
         for chunk in stdin.chunks(64 * 1024) {
             // The process may exit without reading it all: that is its business.
-            if stream.send(chunk.to_vec()).await.is_err() {
-                break;
+            if sender.send(chunk.to_vec()).await.is_err() {
+                return;
             }
         }
-    }
-    let _ = stream.close_send().await;
+        let _ = sender.close();
+    });
+    let _feeder = AbortOnDrop(feeder);
     let limit = spec.timeout + HOST_GRACE;
     let collect = async {
         let (mut stdout, mut stderr, mut exit) = (Vec::new(), Vec::new(), None);
@@ -201,9 +206,20 @@ pub async fn exec(
     }
 }
 
+/// Aborts a task when dropped (the exec's stdin feeder ends with the exec).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A streamed exec (or an attach) on a guest stream.
 pub struct GuestExec {
     process_id: String,
+    /// On a terminal (only then can it be resized); unknown for an attach.
+    tty: Option<bool>,
     stream: GuestStream,
     exit: Option<ExitInfo>,
     ended: bool,
@@ -222,11 +238,16 @@ impl GuestExec {
             .map_err(lost)?;
         started(&mut stream, &spec.program()).await?;
         if let Some(stdin) = spec.stdin.clone() {
-            stream.send(stdin).await.map_err(lost)?;
-            stream.close_send().await.map_err(lost)?;
+            let sender = stream.sender();
+            tokio::spawn(async move {
+                if sender.send(stdin).await.is_ok() {
+                    let _ = sender.close();
+                }
+            });
         }
         Ok(GuestExec {
             process_id: process_id.to_string(),
+            tty: Some(spec.tty.is_some()),
             stream,
             exit: None,
             ended: false,
@@ -259,6 +280,7 @@ impl GuestExec {
         }
         Ok(GuestExec {
             process_id: process_id.to_string(),
+            tty: None,
             stream,
             exit: None,
             ended: false,
@@ -292,9 +314,17 @@ impl ExecStream for GuestExec {
                     self.stream.finish();
                     return self.exit.take().map(ExecEvent::Exit);
                 }
+                // The agent gave the process up or the VM is gone (destroyed, restored,
+                // QEMU killed): the process went with it.
                 StreamEvent::Reset(_) | StreamEvent::Disconnected(_) => {
                     self.ended = true;
-                    return None;
+                    return Some(ExecEvent::Exit(self.exit.take().unwrap_or(ExitInfo {
+                        exit_code: None,
+                        signal: Some(9),
+                        timed_out: false,
+                        truncated: false,
+                        oom_killed: false,
+                    })));
                 }
             }
         }
@@ -317,6 +347,12 @@ impl ExecStream for GuestExec {
     }
 
     async fn resize(&mut self, size: PtySize) -> Result<(), SandboxError> {
+        if self.tty == Some(false) {
+            return Err(SandboxError::invalid(
+                "size",
+                "the process has no terminal to resize",
+            ));
+        }
         self.stream
             .control(Control::Resize(wire::TtySize {
                 rows: size.rows,
