@@ -44,6 +44,11 @@ pub struct ServerConfig {
     /// How the namespace backend starts the shim of a streamed process (`cthulu
     /// __ns-shim` in production); used only with `namespace_init`.
     pub namespace_shim: cthulu_host::ShimCommand,
+    /// Where microVM images are (`cthulu image build` writes `$CTHULU_HOME/images`);
+    /// `None`: that default.
+    pub images: Option<PathBuf>,
+    /// Where VM templates are kept; `None`: `$CTHULU_HOME/qemu-templates`.
+    pub vm_templates: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +128,25 @@ impl Server {
             .with_warm_sandboxes(config.warm_sandboxes);
             providers.insert(BackendKind::Namespace, Arc::new(namespace));
         }
+
+        // Inserted even where QEMU or an image is missing: its info says what to install
+        // or build.
+        let images = config
+            .images
+            .clone()
+            .unwrap_or_else(|| config.home.join("images"));
+        let qemu = cthulu_microvm::QemuProvider::new(cthulu_microvm::QemuConfig {
+            root: config.home.join("sandboxes").join("qemu"),
+            templates: Some(
+                config
+                    .vm_templates
+                    .clone()
+                    .unwrap_or_else(|| config.home.join("qemu-templates")),
+            ),
+            binary: None,
+            images: cthulu_microvm::image_resolver(images),
+        });
+        providers.insert(BackendKind::Qemu, Arc::new(qemu));
 
         let default_backend = config
             .default_backend

@@ -93,6 +93,9 @@ impl TestServer {
             // None: a test server is dropped without a graceful stop (the namespace crate
             // tests the warm pool).
             warm_sandboxes: 0,
+            images: std::env::var_os("CTHULU_TEST_IMAGES").map(PathBuf::from),
+            vm_templates: std::env::var_os("CTHULU_TEST_IMAGES")
+                .map(|images| PathBuf::from(images).join(".templates")),
         };
         let server = Server::start(config).await.expect("the server starts");
         let url = format!("http://{}", server.local_addr());

@@ -63,6 +63,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         namespace_init: Some(namespace_init_command()?),
         namespace_shim: namespace_shim_command()?,
         warm_sandboxes: args.warm_sandboxes,
+        images: None,
+        vm_templates: None,
     };
     let server = Server::start(config)
         .await

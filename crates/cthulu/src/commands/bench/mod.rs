@@ -71,6 +71,8 @@ async fn start_target(global: &GlobalArgs, warm_sandboxes: usize) -> anyhow::Res
         namespace_init: Some(super::serve::namespace_init_command()?),
         namespace_shim: super::serve::namespace_shim_command()?,
         warm_sandboxes,
+        images: None,
+        vm_templates: None,
     };
     let server = Server::start(config)
         .await
