@@ -103,12 +103,27 @@ impl BackendBench<'_> {
                 .push("checkpoint: the backend cannot checkpoint".into());
         } else {
             eprintln!("bench: {name}: checkpoint and restore ×{}", self.iterations);
-            match self.checkpoint_restore(sandbox_id).await {
+            match self.checkpoint_restore(sandbox_id, false).await {
                 Ok((checkpoint, restore)) => {
                     report.checkpoint = checkpoint;
                     report.restore = restore;
                 }
                 Err(error) => report.notes.push(format!("checkpoint: {error:#}")),
+            }
+            if self.backend.capabilities.checkpoint == CheckpointSupport::FilesystemAndMemory {
+                eprintln!(
+                    "bench: {name}: checkpoint and restore with memory ×{}",
+                    self.iterations
+                );
+                match self.checkpoint_restore(sandbox_id, true).await {
+                    Ok((checkpoint, restore)) => {
+                        report.memory_checkpoint = checkpoint;
+                        report.memory_restore = restore;
+                    }
+                    Err(error) => report
+                        .notes
+                        .push(format!("checkpoint with memory: {error:#}")),
+                }
             }
         }
     }
@@ -247,6 +262,7 @@ impl BackendBench<'_> {
     async fn checkpoint_restore(
         &self,
         sandbox_id: &str,
+        memory: bool,
     ) -> anyhow::Result<(Option<Latency>, Option<Latency>)> {
         let client = self.client;
         let (mut checkpoints, mut restores) = (Vec::new(), Vec::new());
@@ -263,7 +279,13 @@ impl BackendBench<'_> {
                 .await?;
             let started = Instant::now();
             let checkpoint = client
-                .create_checkpoint(sandbox_id, &CheckpointRequest::default())
+                .create_checkpoint(
+                    sandbox_id,
+                    &CheckpointRequest {
+                        memory,
+                        ..CheckpointRequest::default()
+                    },
+                )
                 .await?;
             checkpoints.push(started.elapsed());
             let started = Instant::now();

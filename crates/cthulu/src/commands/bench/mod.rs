@@ -3,6 +3,7 @@
 
 mod measure;
 mod report;
+mod vm;
 
 use std::net::SocketAddr;
 
@@ -34,6 +35,16 @@ pub struct BenchArgs {
     /// 0 measures every create from scratch
     #[arg(long, default_value_t = cthulu_server::DEFAULT_WARM_SANDBOXES)]
     pub warm_sandboxes: usize,
+    /// Idle microVMs created to measure memory per VM (0 skips it)
+    #[arg(long, default_value_t = 10)]
+    pub vms: u32,
+    /// MicroVMs booted from nothing (no template) to measure the cold boot (0 skips it)
+    #[arg(long, default_value_t = 3)]
+    pub cold_boots: u32,
+    /// State directory whose microVM images (`images/`) and templates (`qemu-templates/`)
+    /// the in-process server uses [default: $CTHULU_HOME, else ~/.cthulu]
+    #[arg(long, env = "CTHULU_HOME")]
+    pub home: Option<std::path::PathBuf>,
 }
 
 /// The server under test: ours, in this process, or someone else's.
@@ -50,7 +61,11 @@ struct InProcessServer {
     _home: tempfile::TempDir,
 }
 
-async fn start_target(global: &GlobalArgs, warm_sandboxes: usize) -> anyhow::Result<Target> {
+async fn start_target(
+    global: &GlobalArgs,
+    warm_sandboxes: usize,
+    user_home: &std::path::Path,
+) -> anyhow::Result<Target> {
     if global.url.is_some() {
         let client = super::client(global)?;
         return Ok(Target {
@@ -71,8 +86,8 @@ async fn start_target(global: &GlobalArgs, warm_sandboxes: usize) -> anyhow::Res
         namespace_init: Some(super::serve::namespace_init_command()?),
         namespace_shim: super::serve::namespace_shim_command()?,
         warm_sandboxes,
-        images: None,
-        vm_templates: None,
+        images: Some(user_home.join("images")),
+        vm_templates: Some(user_home.join("qemu-templates")),
     };
     let server = Server::start(config)
         .await
@@ -96,8 +111,9 @@ async fn start_target(global: &GlobalArgs, warm_sandboxes: usize) -> anyhow::Res
 }
 
 pub async fn run(global: &GlobalArgs, args: BenchArgs) -> anyhow::Result<u8> {
-    let target = start_target(global, args.warm_sandboxes).await?;
-    let outcome = bench(&target, &args).await;
+    let user_home = super::home_dir(args.home.clone())?;
+    let target = start_target(global, args.warm_sandboxes, &user_home).await?;
+    let outcome = bench(&target, &args, &user_home).await;
     if let Some(server) = target.in_process {
         let _ = server.shutdown.send(());
         match tokio::time::timeout(std::time::Duration::from_secs(10), server.task).await {
@@ -115,7 +131,11 @@ pub async fn run(global: &GlobalArgs, args: BenchArgs) -> anyhow::Result<u8> {
     Ok(crate::exit::SUCCESS)
 }
 
-async fn bench(target: &Target, args: &BenchArgs) -> anyhow::Result<BenchReport> {
+async fn bench(
+    target: &Target,
+    args: &BenchArgs,
+    user_home: &std::path::Path,
+) -> anyhow::Result<BenchReport> {
     let info = target
         .client
         .info()
@@ -152,15 +172,24 @@ async fn bench(target: &Target, args: &BenchArgs) -> anyhow::Result<BenchReport>
             );
             continue;
         }
+        let microvm = backend.kind == BackendKind::Qemu;
         let bench = measure::BackendBench {
             client: &target.client,
             backend,
             iterations: args.iterations,
             transfer_bytes: args.transfer_mib * 1024 * 1024,
-            idle_sandboxes: args.sandboxes,
+            idle_sandboxes: if microvm { args.vms } else { args.sandboxes },
             measure_memory: target.in_process.is_some(),
         };
-        reports.push(bench.run().await);
+        let mut report = bench.run().await;
+        if microvm && args.cold_boots > 0 {
+            eprintln!("bench: {}: cold boot ×{}", backend.kind, args.cold_boots);
+            match vm::cold_boots(&user_home.join("images"), args.cold_boots).await {
+                Ok(latency) => report.cold_boot = latency,
+                Err(error) => report.notes.push(format!("cold boot: {error:#}")),
+            }
+        }
+        reports.push(report);
     }
     Ok(BenchReport {
         server: target.description.clone(),

@@ -109,6 +109,11 @@ pub struct BackendReport {
     pub download: Option<Throughput>,
     pub checkpoint: Option<Latency>,
     pub restore: Option<Latency>,
+    /// Checkpoints with memory (running processes), where the backend can.
+    pub memory_checkpoint: Option<Latency>,
+    pub memory_restore: Option<Latency>,
+    /// A microVM started from nothing (no template) to its agent's hello.
+    pub cold_boot: Option<Latency>,
     pub idle_memory: Option<IdleMemory>,
     /// Measurements that failed or were skipped, and why.
     pub notes: Vec<String>,
@@ -151,6 +156,19 @@ impl BenchReport {
                 backend.checkpoint.map(|latency| latency.render()),
             );
             row("restore", backend.restore.map(|latency| latency.render()));
+            if backend.memory_checkpoint.is_some() || backend.memory_restore.is_some() {
+                row(
+                    "checkpoint with memory",
+                    backend.memory_checkpoint.map(|latency| latency.render()),
+                );
+                row(
+                    "restore with memory",
+                    backend.memory_restore.map(|latency| latency.render()),
+                );
+            }
+            if let Some(boot) = backend.cold_boot {
+                row("cold boot to agent", Some(boot.render()));
+            }
             row(
                 "idle memory",
                 backend.idle_memory.map(|memory| {
