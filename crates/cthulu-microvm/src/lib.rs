@@ -10,6 +10,7 @@
 pub mod client;
 pub mod firecracker;
 pub mod guest;
+mod pool;
 pub mod provider;
 pub mod qemu;
 pub mod qmp;

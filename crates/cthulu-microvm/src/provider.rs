@@ -9,6 +9,7 @@ use cthulu_core::{SandboxError, SandboxHandle, SandboxProvider, SandboxSpec};
 use cthulu_host::handles::Handles;
 use cthulu_types::{BackendInfo, BackendKind, LimitSupport, NetworkMode, SandboxId, SandboxStatus};
 
+use crate::pool::Pool;
 use crate::qemu::{self, Qemu};
 use crate::sandbox::{capabilities, clone_machine, vm_failure, VmSandbox};
 use crate::state::VmState;
@@ -51,6 +52,8 @@ pub struct QemuConfig {
 
 pub struct QemuProvider {
     qemu: Result<Arc<Qemu>, String>,
+    /// Warm VMs of the default shape (none unless [`QemuProvider::with_warm_vms`]).
+    pool: Arc<Pool>,
     root: PathBuf,
     templates: Arc<Templates>,
     images: ImageResolver,
@@ -63,17 +66,42 @@ impl QemuProvider {
         if let Ok(qemu) = &qemu {
             tracing::info!(accel = qemu.accel.as_str(), reason = %qemu.accel_reason, "QEMU backend");
         }
+        let templates = Arc::new(Templates::new(
+            config
+                .templates
+                .unwrap_or_else(|| config.root.join("templates")),
+        ));
         QemuProvider {
-            qemu,
-            templates: Arc::new(Templates::new(
-                config
-                    .templates
-                    .unwrap_or_else(|| config.root.join("templates")),
+            pool: Arc::new(Pool::new(
+                0,
+                qemu.clone().ok(),
+                templates.clone(),
+                config.images.clone(),
+                &config.root,
             )),
+            qemu,
+            templates,
             root: config.root,
             images: config.images,
             handles: Handles::default(),
         }
+    }
+
+    /// Keeps `count` VMs of the default shape started ahead of demand (made in the
+    /// background, from now on if the backend can run here). Must be called inside a
+    /// tokio runtime.
+    pub fn with_warm_vms(mut self, count: usize) -> QemuProvider {
+        self.pool = Arc::new(Pool::new(
+            count,
+            self.qemu.clone().ok(),
+            self.templates.clone(),
+            self.images.clone(),
+            &self.root,
+        ));
+        if self.unavailable_reason().is_none() {
+            self.pool.refill();
+        }
+        self
     }
 
     fn sandboxes(&self) -> PathBuf {
@@ -91,6 +119,11 @@ impl QemuProvider {
                 backend: BackendKind::Qemu,
                 reason,
             })
+    }
+
+    /// How many warm VMs are ready now.
+    pub fn warm_vms(&self) -> usize {
+        self.pool.ready()
     }
 
     /// The templates (for `cthulu bench` and tests).
@@ -185,6 +218,20 @@ impl QemuProvider {
         state.image_version = image.version.clone();
         state.template = template.name.clone();
         fs_err::create_dir_all(dir).map_err(|error| SandboxError::io("create", dir, error))?;
+        if let Some(spare) = self.pool.take(&template.name) {
+            state.vm_dir = Some(spare.vm.dir.clone());
+            state.pid = spare.vm.pid;
+            state
+                .save(dir)
+                .map_err(|error| SandboxError::io("write", dir.join("state.json"), error))?;
+            self.pool.refill();
+            VmSandbox::configure(&spare.client, sandbox_id, &spec.env, true).await?;
+            state.status = SandboxStatus::Running;
+            state
+                .save(dir)
+                .map_err(|error| SandboxError::io("write", dir.join("state.json"), error))?;
+            return Ok((state, spare.client));
+        }
         state
             .save(dir)
             .map_err(|error| SandboxError::io("write", dir.join("state.json"), error))?;
@@ -216,12 +263,16 @@ impl QemuProvider {
     }
 }
 
-/// Kills what a failed create started and removes its directory.
+/// Kills what a failed create started and removes its directories (and the warm VM's it
+/// took, if it took one).
 async fn clean_up(dir: &Path) {
-    if let Some(pid) = qemu::read_pid(dir) {
-        qemu::kill(pid, dir).await;
+    let vm_dir = VmState::load(dir).ok().and_then(|state| state.vm_dir);
+    for dir in vm_dir.as_deref().into_iter().chain([dir]) {
+        if let Some(pid) = qemu::read_pid(dir) {
+            qemu::kill(pid, dir).await;
+        }
+        let _ = fs_err::remove_dir_all(dir);
     }
-    let _ = fs_err::remove_dir_all(dir);
 }
 
 #[async_trait]
@@ -300,7 +351,7 @@ impl SandboxProvider for QemuProvider {
             }
             Err(error) => return Err(SandboxError::io("read", dir.join("state.json"), error)),
         };
-        let alive = qemu::is_running(state.pid, &dir);
+        let alive = qemu::is_running(state.pid, state.vm_dir.as_deref().unwrap_or(&dir));
         if !alive
             && matches!(
                 state.status,
@@ -314,6 +365,10 @@ impl SandboxProvider for QemuProvider {
             cthulu_host::ports::restart_forwarders(&*sandbox)?;
         }
         Ok(sandbox)
+    }
+
+    async fn shutdown(&self) {
+        self.pool.drain().await;
     }
 
     async fn list(&self) -> Result<Vec<SandboxId>, SandboxError> {

@@ -98,9 +98,10 @@ impl VmSandbox {
     }
 
     fn vm(&self) -> Vm {
+        let state = self.lock();
         Vm {
-            dir: self.dir.clone(),
-            pid: self.lock().pid,
+            dir: state.vm_dir.clone().unwrap_or_else(|| self.dir.clone()),
+            pid: state.pid,
         }
     }
 
@@ -254,11 +255,7 @@ impl VmSandbox {
         *self.qmp.lock().await = None;
         old.kill().await;
         let state = self.lock().clone();
-        let machine = clone_machine(
-            &self.dir,
-            &self.templates_root.join(&state.template),
-            &state,
-        );
+        let machine = clone_machine(&old.dir, &self.templates_root.join(&state.template), &state);
         let result = async {
             let vm = Vm::launch(&self.qemu, &machine).await?;
             {
@@ -304,11 +301,28 @@ pub(crate) fn clone_machine(
     template_dir: &std::path::Path,
     state: &VmState,
 ) -> Machine {
+    machine_of(
+        dir,
+        template_dir,
+        state.memory_mib,
+        state.vcpus,
+        state.network,
+    )
+}
+
+/// A VM in `dir` whose RAM is the template in `template_dir`, waiting for a state file.
+pub(crate) fn machine_of(
+    dir: &std::path::Path,
+    template_dir: &std::path::Path,
+    memory_mib: u32,
+    vcpus: u32,
+    network: bool,
+) -> Machine {
     Machine {
         dir: dir.to_path_buf(),
-        memory_mib: state.memory_mib,
-        vcpus: state.vcpus,
-        network: state.network,
+        memory_mib,
+        vcpus,
+        network,
         kernel: template_dir.join(KERNEL_FILE),
         initramfs: template_dir.join(INITRAMFS_FILE),
         ram: Ram::Private(template_dir.join(TEMPLATE_RAM)),
@@ -645,11 +659,14 @@ impl SandboxHandle for VmSandbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clear();
         self.kill_vm().await;
-        match fs_err::remove_dir_all(&self.dir) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                return Err(SandboxError::io("remove", &self.dir, error))
+        let vm_dir = self.lock().vm_dir.clone();
+        for dir in vm_dir.iter().chain([&self.dir]) {
+            match fs_err::remove_dir_all(dir) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(SandboxError::io("remove", dir, error))
+                }
+                _ => {}
             }
-            _ => {}
         }
         self.lock().status = SandboxStatus::Destroyed;
         Ok(())

@@ -30,6 +30,10 @@ pub(crate) struct VmState {
     pub ports: Vec<ExposedPort>,
     #[serde(default)]
     pub checkpoints: Vec<Checkpoint>,
+    /// Where the VM's sockets, console and pid file are when it is not this directory (a
+    /// warm VM made ahead of its sandbox lives in `vms/<id>/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_dir: Option<std::path::PathBuf>,
     /// Commands of the processes started here, by process id, for listings.
     #[serde(default)]
     pub commands: BTreeMap<String, String>,
@@ -51,6 +55,7 @@ impl VmState {
             template: String::new(),
             ports: Vec::new(),
             checkpoints: Vec::new(),
+            vm_dir: None,
             commands: BTreeMap::new(),
         }
     }

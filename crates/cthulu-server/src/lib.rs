@@ -13,4 +13,6 @@ pub mod server;
 pub mod state;
 
 pub use routes::ApiDoc;
-pub use server::{create_api_key, Server, ServerConfig, ServerError, DEFAULT_WARM_SANDBOXES};
+pub use server::{
+    create_api_key, Server, ServerConfig, ServerError, DEFAULT_WARM_SANDBOXES, DEFAULT_WARM_VMS,
+};

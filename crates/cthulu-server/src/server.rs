@@ -22,6 +22,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Warm namespace sandboxes a server keeps unless told otherwise.
 pub const DEFAULT_WARM_SANDBOXES: usize = 2;
+/// Warm microVMs a server keeps unless told otherwise (each holds about 100 MiB).
+pub const DEFAULT_WARM_VMS: usize = 1;
 
 /// How to start the server.
 #[derive(Debug, Clone)]
@@ -49,6 +51,8 @@ pub struct ServerConfig {
     pub images: Option<PathBuf>,
     /// Where VM templates are kept; `None`: `$CTHULU_HOME/qemu-templates`.
     pub vm_templates: Option<PathBuf>,
+    /// MicroVMs of the default shape kept started ahead of demand.
+    pub warm_vms: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +149,8 @@ impl Server {
             ),
             binary: None,
             images: cthulu_microvm::image_resolver(images),
-        });
+        })
+        .with_warm_vms(config.warm_vms);
         providers.insert(BackendKind::Qemu, Arc::new(qemu));
 
         let default_backend = config

@@ -96,6 +96,7 @@ impl TestServer {
             images: std::env::var_os("CTHULU_TEST_IMAGES").map(PathBuf::from),
             vm_templates: std::env::var_os("CTHULU_TEST_IMAGES")
                 .map(|images| PathBuf::from(images).join(".templates")),
+            warm_vms: 0,
         };
         let server = Server::start(config).await.expect("the server starts");
         let url = format!("http://{}", server.local_addr());

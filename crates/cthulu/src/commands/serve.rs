@@ -24,6 +24,10 @@ pub struct ServeArgs {
     /// limits, network or image takes one instead of starting one
     #[arg(long, env = "CTHULU_WARM_SANDBOXES", default_value_t = cthulu_server::DEFAULT_WARM_SANDBOXES)]
     pub warm_sandboxes: usize,
+    /// MicroVMs of the default shape (qemu backend) kept started ahead of demand, so a
+    /// create takes one instead of starting QEMU (about 100 MiB each; 0 disables)
+    #[arg(long, default_value_t = cthulu_server::DEFAULT_WARM_VMS)]
+    pub warm_vms: usize,
 }
 
 /// How the host backend starts its process shim: this very binary, `cthulu __shim`.
@@ -65,6 +69,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         warm_sandboxes: args.warm_sandboxes,
         images: None,
         vm_templates: None,
+        warm_vms: args.warm_vms,
     };
     let server = Server::start(config)
         .await

@@ -88,6 +88,7 @@ async fn start_target(
         warm_sandboxes,
         images: Some(user_home.join("images")),
         vm_templates: Some(user_home.join("qemu-templates")),
+        warm_vms: cthulu_server::DEFAULT_WARM_VMS,
     };
     let server = Server::start(config)
         .await
