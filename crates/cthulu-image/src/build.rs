@@ -130,13 +130,7 @@ fn resolve_inputs(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ResolvedInputs, ImageError> {
     let (kernel, busybox) = step(progress, "resolving packages", || {
-        Ok((
-            (
-                apt::kernel_package()?,
-                apt::candidate(apt::BUSYBOX_PACKAGE)?,
-            ),
-            None,
-        ))
+        Ok((apt::resolve_packages()?, None))
     })?;
     let agent_sha256 = sha256_file(&options.agent)?;
     let rootfs = match &options.rootfs {
