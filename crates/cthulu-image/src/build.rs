@@ -311,19 +311,19 @@ fn build_boot_files(
 ) -> Result<(String, Vec<String>), ImageError> {
     let cache_dir = options.cache_dir();
     let mut unpack = |package: &Package| -> Result<PathBuf, ImageError> {
-        let label = format!("downloading {} {}", package.name, package.version);
-        progress(Progress::Started {
-            label: label.clone(),
-        });
-        let (deb, downloaded) = apt::download(package, &cache_dir)?;
-        let size = fs_err::metadata(&deb).ok().map(|metadata| metadata.len());
-        if downloaded {
-            progress(Progress::Finished { label, bytes: size });
-        } else {
+        let deb = if cache_dir.join(package.deb_file_name()).is_file() {
             progress(Progress::Reused {
                 label: format!("{} {} (cached)", package.name, package.version),
             });
-        }
+            cache_dir.join(package.deb_file_name())
+        } else {
+            let label = format!("downloading {} {}", package.name, package.version);
+            step(progress, &label, || {
+                let (deb, _) = apt::download(package, &cache_dir)?;
+                let size = fs_err::metadata(&deb).ok().map(|metadata| metadata.len());
+                Ok((deb, size))
+            })?
+        };
         let directory = work.join(&package.name);
         step(progress, &format!("unpacking {}", package.name), || {
             apt::extract(&deb, &directory).map(|()| ((), None))
