@@ -489,8 +489,9 @@ fn install(staging: tempfile::TempDir, target: &Path, images_dir: &Path) -> Resu
         }
         // A file system without RENAME_EXCHANGE: move the old image aside first.
         Err(_) => {
+            let name = target.file_name().unwrap_or_default().to_string_lossy();
             let aside = tempfile::Builder::new()
-                .prefix(".build+old-")
+                .prefix(&format!(".build+{name}+old-"))
                 .tempdir_in(images_dir)
                 .map_err(install_error)?;
             fs_err::rename(target, aside.path().join("image")).map_err(install_error)?;
