@@ -31,19 +31,67 @@ impl Package {
 }
 
 /// The kernel package the metapackage's candidate depends on
-/// (`linux-image-6.1.0-56-cloud-amd64`).
-pub fn kernel_package() -> Result<Package, ImageError> {
+/// (`linux-image-6.1.0-56-cloud-amd64`) and busybox-static, both at their candidate
+/// versions. One `apt-cache show` for both: each apt-cache run parses every package list
+/// (over a second here), and the metapackage pins its kernel with `(= version)`.
+pub fn resolve_packages() -> Result<(Package, Package), ImageError> {
     let output = tool::run(
-        Command::new("apt-cache").args(["depends", KERNEL_METAPACKAGE]),
+        Command::new("apt-cache").args([
+            "show",
+            "--no-all-versions",
+            KERNEL_METAPACKAGE,
+            BUSYBOX_PACKAGE,
+        ]),
         "apt-cache",
     )
     .map_err(|error| unknown_package(error, KERNEL_METAPACKAGE))?;
-    let name =
-        first_dependency(&output, "linux-image-").ok_or_else(|| ImageError::PackageContent {
-            package: KERNEL_METAPACKAGE.to_owned(),
-            what: "a linux-image dependency".to_owned(),
-        })?;
-    candidate(&name)
+    let paragraph = |name: &str| {
+        output
+            .split("\n\n")
+            .find(|paragraph| field(paragraph, "Package").as_deref() == Some(name))
+            .ok_or_else(|| ImageError::PackageUnknown {
+                package: name.to_owned(),
+            })
+    };
+    let busybox = Package {
+        name: BUSYBOX_PACKAGE.to_owned(),
+        version: field(paragraph(BUSYBOX_PACKAGE)?, "Version").ok_or_else(|| {
+            ImageError::PackageUnknown {
+                package: BUSYBOX_PACKAGE.to_owned(),
+            }
+        })?,
+    };
+    let depends = field(paragraph(KERNEL_METAPACKAGE)?, "Depends").unwrap_or_default();
+    let kernel = match kernel_dependency(&depends) {
+        Some((name, Some(version))) => Package { name, version },
+        Some((name, None)) => candidate(&name)?,
+        None => {
+            return Err(ImageError::PackageContent {
+                package: KERNEL_METAPACKAGE.to_owned(),
+                what: "a linux-image dependency".to_owned(),
+            })
+        }
+    };
+    Ok((kernel, busybox))
+}
+
+/// The `linux-image-…` package of a `Depends:` value and its version when pinned with `=`.
+fn kernel_dependency(depends: &str) -> Option<(String, Option<String>)> {
+    depends.split([',', '|']).find_map(|item| {
+        let item = item.trim();
+        let (name, constraint) = match item.split_once('(') {
+            Some((name, constraint)) => (name.trim(), Some(constraint.trim_end_matches(')'))),
+            None => (item, None),
+        };
+        if !name.starts_with("linux-image-") {
+            return None;
+        }
+        let version = constraint
+            .and_then(|constraint| constraint.trim().strip_prefix('='))
+            .filter(|rest| !rest.starts_with('='))
+            .map(|version| version.trim().to_owned());
+        Some((name.to_owned(), version))
+    })
 }
 
 /// The candidate version of `name`.
@@ -73,18 +121,6 @@ fn unknown_package(error: ImageError, name: &str) -> ImageError {
         }
         other => other,
     }
-}
-
-/// The first `Depends:` of `apt-cache depends` output whose package starts with `prefix`.
-fn first_dependency(output: &str, prefix: &str) -> Option<String> {
-    output.lines().find_map(|line| {
-        let rest = line
-            .trim()
-            .trim_start_matches('|')
-            .strip_prefix("Depends:")?;
-        let name = rest.trim();
-        (name.starts_with(prefix) && !name.starts_with('<')).then(|| name.to_owned())
-    })
 }
 
 /// The value of the first `Key: value` line.
@@ -159,15 +195,18 @@ mod tests {
 
     #[test]
     fn parses_apt_cache_output() {
-        let depends = "linux-image-cloud-amd64\n  Depends: linux-image-6.1.0-56-cloud-amd64\n";
         assert_eq!(
-            first_dependency(depends, "linux-image-").as_deref(),
-            Some("linux-image-6.1.0-56-cloud-amd64")
+            kernel_dependency("linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)"),
+            Some((
+                "linux-image-6.1.0-56-cloud-amd64".into(),
+                Some("6.1.192-2".into())
+            ))
         );
         assert_eq!(
-            first_dependency("x\n  Recommends: y\n", "linux-image-"),
-            None
+            kernel_dependency("initramfs-tools, linux-image-6.1.0-9-cloud-amd64 (>= 6.1)"),
+            Some(("linux-image-6.1.0-9-cloud-amd64".into(), None))
         );
+        assert_eq!(kernel_dependency("something-else"), None);
         let show = "Package: busybox-static\nSource: busybox (1:1.35.0-4+deb12u1)\nVersion: 1:1.35.0-4+deb12u1+b1\n";
         assert_eq!(
             field(show, "Version").as_deref(),

@@ -130,13 +130,7 @@ fn resolve_inputs(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ResolvedInputs, ImageError> {
     let (kernel, busybox) = step(progress, "resolving packages", || {
-        Ok((
-            (
-                apt::kernel_package()?,
-                apt::candidate(apt::BUSYBOX_PACKAGE)?,
-            ),
-            None,
-        ))
+        Ok((apt::resolve_packages()?, None))
     })?;
     let agent_sha256 = sha256_file(&options.agent)?;
     let rootfs = match &options.rootfs {
@@ -317,19 +311,19 @@ fn build_boot_files(
 ) -> Result<(String, Vec<String>), ImageError> {
     let cache_dir = options.cache_dir();
     let mut unpack = |package: &Package| -> Result<PathBuf, ImageError> {
-        let label = format!("downloading {} {}", package.name, package.version);
-        progress(Progress::Started {
-            label: label.clone(),
-        });
-        let (deb, downloaded) = apt::download(package, &cache_dir)?;
-        let size = fs_err::metadata(&deb).ok().map(|metadata| metadata.len());
-        if downloaded {
-            progress(Progress::Finished { label, bytes: size });
-        } else {
+        let deb = if cache_dir.join(package.deb_file_name()).is_file() {
             progress(Progress::Reused {
                 label: format!("{} {} (cached)", package.name, package.version),
             });
-        }
+            cache_dir.join(package.deb_file_name())
+        } else {
+            let label = format!("downloading {} {}", package.name, package.version);
+            step(progress, &label, || {
+                let (deb, _) = apt::download(package, &cache_dir)?;
+                let size = fs_err::metadata(&deb).ok().map(|metadata| metadata.len());
+                Ok((deb, size))
+            })?
+        };
         let directory = work.join(&package.name);
         step(progress, &format!("unpacking {}", package.name), || {
             apt::extract(&deb, &directory).map(|()| ((), None))
@@ -495,8 +489,9 @@ fn install(staging: tempfile::TempDir, target: &Path, images_dir: &Path) -> Resu
         }
         // A file system without RENAME_EXCHANGE: move the old image aside first.
         Err(_) => {
+            let name = target.file_name().unwrap_or_default().to_string_lossy();
             let aside = tempfile::Builder::new()
-                .prefix(".build+old-")
+                .prefix(&format!(".build+{name}+old-"))
                 .tempdir_in(images_dir)
                 .map_err(install_error)?;
             fs_err::rename(target, aside.path().join("image")).map_err(install_error)?;

@@ -58,4 +58,7 @@ pub enum Command {
     Key(commands::key::KeyCommand),
     /// Measure the server's latency, throughput and memory per sandbox
     Bench(commands::bench::BenchArgs),
+    /// Build and list microVM images (kernel, initramfs with the guest agent, rootfs)
+    #[command(subcommand)]
+    Image(commands::image::ImageCommand),
 }

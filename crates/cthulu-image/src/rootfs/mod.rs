@@ -184,17 +184,39 @@ pub fn image_size(content: u64, requested: Option<u64>) -> Result<u64, ImageErro
     Ok(size.div_ceil(MIB) * MIB)
 }
 
+/// `debootstrap --variant=minbase --include=python3,git bookworm <target>` (Debian's
+/// default mirror).
+fn debootstrap_command(target: &Path) -> Command {
+    let mut command = Command::new("debootstrap");
+    command
+        .arg("--variant=minbase")
+        .arg(format!("--include={DEBOOTSTRAP_PACKAGES}"))
+        .arg(DEBOOTSTRAP_SUITE)
+        .arg(target);
+    command
+}
+
 /// Runs debootstrap into `target` (which must not exist or be empty).
 pub fn debootstrap(target: &Path) -> Result<(), ImageError> {
-    tool::run(
-        Command::new("debootstrap")
-            .arg("--variant=minbase")
-            .arg(format!("--include={DEBOOTSTRAP_PACKAGES}"))
-            .arg(DEBOOTSTRAP_SUITE)
-            .arg(target),
-        "debootstrap",
-    )
-    .map(drop)
+    tool::run(&mut debootstrap_command(target), "debootstrap").map(drop)
+}
+
+/// `mkfs.ext4` packing `tree` into the existing file `output`, root owned by root.
+fn mkfs_command(tree: &Path, output: &Path) -> Command {
+    let mut command = Command::new("mkfs.ext4");
+    command
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            "cthulu-root",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
+        .arg(tree)
+        .arg(output);
+    command
 }
 
 /// Packs `tree` into a new ext4 image `output` of `size` bytes with `mkfs.ext4 -d`, which
@@ -205,27 +227,27 @@ pub fn make_ext4(tree: &Path, output: &Path, size: u64) -> Result<(), ImageError
     file.set_len(size)
         .map_err(|source| ImageError::io("cannot size the root filesystem", source))?;
     drop(file);
-    tool::run(
-        Command::new("mkfs.ext4")
-            .args([
-                "-q",
-                "-F",
-                "-L",
-                "cthulu-root",
-                "-E",
-                "root_owner=0:0",
-                "-d",
-            ])
-            .arg(tree)
-            .arg(output),
-        "mkfs.ext4",
-    )
-    .map(drop)
+    tool::run(&mut mkfs_command(tree, output), "mkfs.ext4").map(drop)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_lines() {
+        assert_eq!(
+            tool::describe(&debootstrap_command(Path::new("/w/rootfs"))),
+            "debootstrap --variant=minbase --include=python3,git bookworm /w/rootfs"
+        );
+        assert_eq!(
+            tool::describe(&mkfs_command(
+                Path::new("/w/tree"),
+                Path::new("/w/rootfs.ext4")
+            )),
+            "mkfs.ext4 -q -F -L cthulu-root -E root_owner=0:0 -d /w/tree /w/rootfs.ext4"
+        );
+    }
 
     #[test]
     fn sizes() {

@@ -2,7 +2,7 @@
 //! virtio-serial agent port shows up by name. The "agent" is a busybox script here; the
 //! real agent does the same in Rust.
 
-use std::io::Read as _;
+use std::io::BufRead as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,53 +46,64 @@ fn tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0).round() as u64)
 }
 
-#[test]
-fn the_image_boots_loads_its_modules_and_sees_the_agent_port() {
+/// Why QEMU cannot boot images here, if it cannot.
+fn qemu_unavailable() -> Option<String> {
     let qemu_found = Command::new(QEMU)
         .arg("--version")
         .output()
         .is_ok_and(|output| output.status.success());
     if !qemu_found || !std::path::Path::new(QBOOT).exists() {
-        return support::skip(
-            "qemu",
-            "qemu-system-x86_64 (with qboot) is not installed: apt-get install -t bookworm-backports qemu-system-x86",
+        return Some(
+            "qemu-system-x86_64 (with qboot) is not installed: \
+             apt-get install -t bookworm-backports qemu-system-x86"
+                .into(),
         );
     }
-    if let Some(reason) = support::unavailable() {
-        return support::skip("qemu", &reason);
-    }
-    let directory = tempfile::tempdir().unwrap();
-    let agent = directory.path().join("agent.sh");
-    std::fs::write(&agent, TEST_AGENT).unwrap();
-    let mut options = support::options(&directory.path().join("images"));
+    support::unavailable()
+}
+
+/// Builds an image in `directory` with `agent` as `/init`; `None` (after printing a
+/// SKIP) when the Debian packages cannot be fetched.
+fn build_image(
+    directory: &std::path::Path,
+    agent: std::path::PathBuf,
+    allow_script: bool,
+) -> Option<cthulu_image::Image> {
+    let mut options = support::options(&directory.join("images"));
     options.agent = agent;
-    options.allow_script_agent = true;
-    let image = match cthulu_image::build(&options, &mut |_| {}) {
-        Ok(image) => image,
+    options.allow_script_agent = allow_script;
+    match cthulu_image::build(&options, &mut |_| {}) {
+        Ok(image) => Some(image),
         Err(error @ cthulu_image::ImageError::CommandFailed { .. }) => {
-            return support::skip(
+            support::skip(
                 "qemu",
                 &format!("cannot fetch the Debian packages: {error}"),
-            )
+            );
+            None
         }
         Err(error) => panic!("build failed: {error}"),
-    };
+    }
+}
 
+/// What a boot printed on the serial console, and whether QEMU exited by itself.
+struct Boot {
+    console: String,
+    exited: bool,
+}
+
+/// Boots `image` with the agent's virtio-serial port until the guest powers off, a line
+/// containing `until` appears on the console, or [`TIMEOUT`] passes.
+fn boot(image: &cthulu_image::Image, directory: &std::path::Path, until: &str) -> Boot {
     let mut append = String::from("console=ttyS0 reboot=t panic=-1 quiet");
     if let Some(khz) = tsc_khz() {
         append.push_str(&format!(" tsc_early_khz={khz}"));
     }
-    let socket = directory.path().join("agent.sock");
+    let socket = directory.join("agent.sock");
     let mut child = Command::new(QEMU)
         .args(["-M", "microvm,isa-serial=on,rtc=on", "-bios", QBOOT])
         .args(["-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1"])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
+        .args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .arg("-no-reboot")
         .arg("-kernel")
         .arg(image.kernel())
         .arg("-initrd")
@@ -109,35 +120,59 @@ fn the_image_boots_loads_its_modules_and_sees_the_agent_port() {
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("qemu starts");
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut console = Vec::new();
-        let _ = stdout.read_to_end(&mut console);
-        String::from_utf8_lossy(&console).into_owned()
+    let stdout = child.stdout.take().unwrap();
+    let (lines_sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_sender.send(line).is_err() {
+                break;
+            }
+        }
     });
     let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
+    let mut console = String::new();
+    let mut exited = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left.min(Duration::from_millis(200))) {
+            Ok(line) => {
+                let found = line.contains(until);
+                console.push_str(&line);
+                console.push('\n');
+                if found {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                exited = child.wait().is_ok();
+                break;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if left.is_zero() => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    println!("console:\n{console}");
+    Boot { console, exited }
+}
+
+#[test]
+fn the_image_boots_loads_its_modules_and_sees_the_agent_port() {
+    if let Some(reason) = qemu_unavailable() {
+        return support::skip("qemu", &reason);
+    }
+    let directory = tempfile::tempdir().unwrap();
+    let agent = directory.path().join("agent.sh");
+    std::fs::write(&agent, TEST_AGENT).unwrap();
+    let Some(image) = build_image(directory.path(), agent, true) else {
+        return;
     };
-    let console = reader.join().unwrap();
-    let mut stderr = String::new();
-    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
-    println!("console:\n{console}\nqemu stderr:\n{stderr}");
-    assert!(
-        status.is_some(),
-        "the guest did not power off within {TIMEOUT:?}"
-    );
+    let Boot { console, exited } = boot(&image, directory.path(), "CTHULU_TEST_KERNEL");
     assert!(console.contains("CTHULU_TEST_MODULES_OK"), "no marker");
     assert!(
         !console.contains("CTHULU_TEST_INSMOD_FAILED"),
@@ -150,8 +185,41 @@ fn the_image_boots_loads_its_modules_and_sees_the_agent_port() {
                 && line.trim_end().ends_with(" org.cthulu.agent")),
         "the agent port did not show up"
     );
-    assert!(console.contains(&format!(
-        "CTHULU_TEST_KERNEL {}",
-        image.manifest().kernel_version
-    )));
+    assert!(
+        console.contains(&format!(
+            "CTHULU_TEST_KERNEL {}",
+            image.manifest().kernel_version
+        )),
+        "no kernel line (exited by itself: {exited})"
+    );
+}
+
+/// The real guest agent (`$CTHULU_AGENT`, built by scripts/build-agent) as `/init`: it
+/// loads the modules and finds its port by itself.
+#[test]
+fn the_real_agent_starts_in_the_image() {
+    let Some(agent) = std::env::var_os(cthulu_image::AGENT_ENV).filter(|value| !value.is_empty())
+    else {
+        return support::skip(
+            "qemu-agent",
+            "CTHULU_AGENT is not set (export CTHULU_AGENT=$(scripts/build-agent))",
+        );
+    };
+    if let Some(reason) = qemu_unavailable() {
+        return support::skip("qemu-agent", &reason);
+    }
+    let directory = tempfile::tempdir().unwrap();
+    let Some(image) = build_image(directory.path(), agent.into(), false) else {
+        return;
+    };
+    let Boot { console, exited } = boot(&image, directory.path(), "cthulu-agent ready");
+    assert!(!exited, "the guest stopped:\n{console}");
+    assert!(
+        console.contains("virtio port org.cthulu.agent at /dev/vport0p1"),
+        "the agent did not find its port"
+    );
+    assert!(
+        console.contains("cthulu-agent ready"),
+        "the agent is not ready"
+    );
 }

@@ -63,6 +63,18 @@ pub fn build(options: &BuildOptions) -> (cthulu_image::Image, Vec<Progress>) {
     let mut events = Vec::new();
     let image = cthulu_image::build(options, &mut |event| events.push(event))
         .unwrap_or_else(|error| panic!("build failed: {error}"));
+    // Every step that starts finishes, right after the steps it contains.
+    let mut open = Vec::new();
+    for event in &events {
+        match event {
+            Progress::Started { label } => open.push(label.clone()),
+            Progress::Finished { label, .. } => {
+                assert_eq!(open.pop().as_ref(), Some(label), "{events:?}")
+            }
+            _ => {}
+        }
+    }
+    assert!(open.is_empty(), "{events:?}");
     (image, events)
 }
 

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod cp;
+pub mod image;
 pub mod info;
 pub mod key;
 pub mod run;
@@ -29,6 +30,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Info => info::run(&global).await,
         Command::Key(command) => key::run(command),
         Command::Bench(args) => bench::run(&global, args).await,
+        Command::Image(command) => image::run(&global, command).await,
     }
 }
 

@@ -3,6 +3,7 @@
 mod auth;
 mod errors;
 mod files;
+mod images;
 mod processes;
 mod run;
 mod sandboxes;
