@@ -58,4 +58,7 @@ pub enum Command {
     Key(commands::key::KeyCommand),
     /// Measure the server's latency, throughput and memory per sandbox
     Bench(commands::bench::BenchArgs),
+    /// Run an AI agent (Claude Code or another CLI agent) in a sandbox, and look at runs
+    #[command(subcommand)]
+    Agent(commands::agent::AgentCommand),
 }

@@ -1,5 +1,6 @@
 //! One module per command group; [`run`] dispatches the parsed command line.
 
+pub mod agent;
 pub mod bench;
 pub mod cp;
 pub mod info;
@@ -29,6 +30,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Info => info::run(&global).await,
         Command::Key(command) => key::run(command),
         Command::Bench(args) => bench::run(&global, args).await,
+        Command::Agent(command) => agent::run(&global, command).await,
     }
 }
 

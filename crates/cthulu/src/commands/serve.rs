@@ -24,6 +24,13 @@ pub struct ServeArgs {
     /// limits, network or image takes one instead of starting one
     #[arg(long, env = "CTHULU_WARM_SANDBOXES", default_value_t = cthulu_server::DEFAULT_WARM_SANDBOXES)]
     pub warm_sandboxes: usize,
+    /// Agent definitions (a JSON array, docs/api.md) added to the built-in ones
+    /// [default: $CTHULU_HOME/agents.json when it exists]
+    #[arg(long, env = "CTHULU_AGENTS", value_name = "FILE")]
+    pub agents: Option<PathBuf>,
+    /// Largest input archive of an agent run, in bytes (as sent and unpacked)
+    #[arg(long, env = "CTHULU_MAX_RUN_INPUT", default_value_t = cthulu_server::runs::config::DEFAULT_MAX_INPUT_BYTES)]
+    pub max_run_input: u64,
 }
 
 /// How the host backend starts its process shim: this very binary, `cthulu __shim`.
@@ -63,6 +70,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         namespace_init: Some(namespace_init_command()?),
         namespace_shim: namespace_shim_command()?,
         warm_sandboxes: args.warm_sandboxes,
+        runs: cthulu_server::RunsConfig {
+            agents_file: args.agents,
+            max_input_bytes: args.max_run_input,
+            ..cthulu_server::RunsConfig::default()
+        },
     };
     let server = Server::start(config)
         .await

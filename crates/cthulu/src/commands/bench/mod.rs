@@ -3,6 +3,7 @@
 
 mod measure;
 mod report;
+mod runs;
 
 use std::net::SocketAddr;
 
@@ -34,6 +35,10 @@ pub struct BenchArgs {
     /// 0 measures every create from scratch
     #[arg(long, default_value_t = cthulu_server::DEFAULT_WARM_SANDBOXES)]
     pub warm_sandboxes: usize,
+    /// Instead: measure N agent runs (overhead beyond the agent, SSE latency) with the
+    /// stand-in agent on a 10 MB working directory; `--backend` default namespace
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: Option<u32>,
 }
 
 /// The server under test: ours, in this process, or someone else's.
@@ -71,6 +76,7 @@ async fn start_target(global: &GlobalArgs, warm_sandboxes: usize) -> anyhow::Res
         namespace_init: Some(super::serve::namespace_init_command()?),
         namespace_shim: super::serve::namespace_shim_command()?,
         warm_sandboxes,
+        runs: cthulu_server::RunsConfig::default(),
     };
     let server = Server::start(config)
         .await
@@ -94,6 +100,9 @@ async fn start_target(global: &GlobalArgs, warm_sandboxes: usize) -> anyhow::Res
 }
 
 pub async fn run(global: &GlobalArgs, args: BenchArgs) -> anyhow::Result<u8> {
+    if let Some(count) = args.runs {
+        return runs::run(global, &args, count).await;
+    }
     let target = start_target(global, args.warm_sandboxes).await?;
     let outcome = bench(&target, &args).await;
     if let Some(server) = target.in_process {
