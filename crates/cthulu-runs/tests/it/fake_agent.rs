@@ -208,5 +208,11 @@ fn acts_before_replaying_and_stamps_after() {
         })
         .collect();
     assert_eq!(texts.first(), Some(&"env CTHULU_FAKE_SECRET=[redacted]"));
-    assert_eq!(texts.iter().filter(|text| text.starts_with("stamp ")).count(), 2);
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|text| text.starts_with("stamp "))
+            .count(),
+        2
+    );
 }

@@ -384,8 +384,8 @@ async fn watch_agent(
     let mut killed_for: Option<ProcessEnd> = None;
     let mut exit: Option<ExitInfo> = None;
     let record_agent = |events: Vec<cthulu_runs::AgentEvent>,
-                            tracker: &mut OutcomeTracker,
-                            recorder: &mut Recorder| {
+                        tracker: &mut OutcomeTracker,
+                        recorder: &mut Recorder| {
         for event in events {
             tracker.observe(&event);
             let event = serde_json::to_value(&event).expect("an agent event serializes");

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use cthulu_runs::{AgentDefinition, AgentRegistry, Redactor, RunRequest};
-use cthulu_types::sandbox::Operation;
 use cthulu_types::runs::DEFAULT_AGENT;
+use cthulu_types::sandbox::Operation;
 use cthulu_types::{CreateRunRequest, ErrorCode, Run, RunEvent, SandboxId};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;

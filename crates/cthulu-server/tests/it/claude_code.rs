@@ -108,13 +108,23 @@ async fn claude_code_answers_a_prompt_as_an_agent_run() {
     let run_id = run["id"].as_str().unwrap().to_owned();
     let run = loop {
         let (_, run) = api.get(&format!("/api/v1/runs/{run_id}")).await;
-        if !matches!(run["status"].as_str(), Some("queued" | "provisioning" | "running")) {
+        if !matches!(
+            run["status"].as_str(),
+            Some("queued" | "provisioning" | "running")
+        ) {
             break run;
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     };
     assert_eq!(run["status"], "succeeded", "{run}");
-    assert!(run["result"].as_str().unwrap().to_lowercase().contains("pong"), "{run}");
+    assert!(
+        run["result"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("pong"),
+        "{run}"
+    );
     assert!(run["cost_usd"].as_f64().is_some(), "{run}");
     assert!(!run.to_string().contains(&key));
 }

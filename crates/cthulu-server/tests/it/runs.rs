@@ -172,7 +172,7 @@ impl Sse {
     }
 
     /// Every event until the end, and the run.
-    async fn to_end(mut self) -> (Vec<RunEvent>, Run) {
+    async fn collect_all(mut self) -> (Vec<RunEvent>, Run) {
         let mut events = Vec::new();
         loop {
             match self.next().await {
@@ -225,7 +225,7 @@ fn assistant_text(event: &RunEvent, prefix: &str) -> Option<String> {
 }
 
 async fn wait_final(api: &Api, run_id: &str) -> Run {
-    let (events, run) = Sse::open(api, run_id, None).await.to_end().await;
+    let (events, run) = Sse::open(api, run_id, None).await.collect_all().await;
     assert!(!events.is_empty());
     run
 }
@@ -283,7 +283,7 @@ async fn a_run_streams_live_events_and_reports_result_cost_turns_and_changes() {
     assert_eq!(live["status"], "running", "{live}");
     drop(sse);
 
-    let (events, finished) = Sse::open(&api, &run.id, None).await.to_end().await;
+    let (events, finished) = Sse::open(&api, &run.id, None).await.collect_all().await;
     let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
     assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
     assert_eq!(
@@ -370,20 +370,20 @@ async fn resuming_with_last_event_id_gets_exactly_the_rest() {
         }
     }
     drop(first);
-    let (rest, _) = Sse::open(&api, &run.id, Some(3)).await.to_end().await;
+    let (rest, _) = Sse::open(&api, &run.id, Some(3)).await.collect_all().await;
     assert_eq!(rest.first().map(|event| event.seq), Some(4));
-    let (all, run) = Sse::open(&api, &run.id, None).await.to_end().await;
+    let (all, run) = Sse::open(&api, &run.id, None).await.collect_all().await;
     head.extend(rest);
     assert_eq!(head, all);
     // After the end: exactly the events after the id, then the end.
     let (tail, _) = Sse::open(&api, &run.id, Some(all.len() as u64 - 2))
         .await
-        .to_end()
+        .collect_all()
         .await;
     assert_eq!(tail, all[all.len() - 2..]);
     let (nothing, end) = Sse::open(&api, &run.id, Some(all.len() as u64))
         .await
-        .to_end()
+        .collect_all()
         .await;
     assert!(nothing.is_empty());
     assert_eq!(end, run);
@@ -419,7 +419,7 @@ async fn cancel_kills_the_agents_process_tree_and_destroys_the_sandbox() {
         "the agent's child {pid} survived the cancel"
     );
     assert!(sandbox_destroyed(&api, &run.id).await);
-    let (events, end) = sse.to_end().await;
+    let (events, end) = sse.collect_all().await;
     assert_eq!(statuses(&events).last(), Some(&RunStatus::Cancelled));
     assert_eq!(end.status, RunStatus::Cancelled);
     // Cancelling again changes nothing.
@@ -436,7 +436,7 @@ async fn a_run_past_its_timeout_is_killed_and_timed_out() {
         json!({"prompt": "p", "agent": "fake-hang", "backend": "host", "timeout_secs": 1}),
     )
     .await;
-    let (events, end) = Sse::open(&api, &run.id, None).await.to_end().await;
+    let (events, end) = Sse::open(&api, &run.id, None).await.collect_all().await;
     assert_eq!(end.status, RunStatus::TimedOut, "{end:?}");
     assert!(
         end.error.as_deref().unwrap().contains("timed out"),
@@ -463,7 +463,7 @@ async fn an_agent_exiting_non_zero_fails_with_its_stderr() {
         json!({"prompt": "p", "agent": "fake-exit", "backend": "host"}),
     )
     .await;
-    let (events, end) = Sse::open(&api, &run.id, None).await.to_end().await;
+    let (events, end) = Sse::open(&api, &run.id, None).await.collect_all().await;
     assert_eq!(end.status, RunStatus::Failed);
     let error = end.error.unwrap();
     assert!(error.contains("exited with code 3"), "{error}");
@@ -483,7 +483,7 @@ async fn garbage_output_is_tolerated_and_the_run_still_ends_with_a_status() {
         json!({"prompt": "p", "agent": "fake-garbage", "backend": "host"}),
     )
     .await;
-    let (events, end) = Sse::open(&api, &run.id, None).await.to_end().await;
+    let (events, end) = Sse::open(&api, &run.id, None).await.collect_all().await;
     assert!(end.status.is_final());
     assert_eq!(end.status, RunStatus::Failed, "{end:?}");
     assert!(
@@ -614,7 +614,7 @@ async fn credentials_reach_the_agent_only_as_its_environment() {
                "env": {"CTHULU_TEST_SECRET": secret}}),
     )
     .await;
-    let (events, end) = Sse::open(&api, &run.id, None).await.to_end().await;
+    let (events, end) = Sse::open(&api, &run.id, None).await.collect_all().await;
     assert_eq!(end.status, RunStatus::Succeeded, "{end:?}");
     // The agent saw the value: it printed it, and the server redacted it.
     assert!(
@@ -666,7 +666,7 @@ async fn a_sandbox_dying_mid_run_fails_the_run() {
         .to_owned();
     let (status, _) = api.delete(&format!("/api/v1/sandboxes/{sandbox_id}")).await;
     assert_eq!(status, 204);
-    let (_, end) = sse.to_end().await;
+    let (_, end) = sse.collect_all().await;
     assert_eq!(end.status, RunStatus::Failed, "{end:?}");
     assert!(
         end.error
@@ -702,9 +702,9 @@ async fn after_a_restart_finished_runs_are_readable_and_a_live_one_is_interrupte
     let (status, again) = api.get(&format!("/api/v1/runs/{}", done.id)).await;
     assert_eq!(status, 200);
     assert_eq!(serde_json::from_value::<Run>(again).unwrap(), done);
-    let (events, _) = Sse::open(&api, &done.id, None).await.to_end().await;
+    let (events, _) = Sse::open(&api, &done.id, None).await.collect_all().await;
     assert_eq!(events.len() as u64, done.event_count);
-    let (events, interrupted) = Sse::open(&api, &live.id, None).await.to_end().await;
+    let (events, interrupted) = Sse::open(&api, &live.id, None).await.collect_all().await;
     assert!(!events.is_empty());
     assert_eq!(interrupted.status, RunStatus::Interrupted);
     assert!(
@@ -763,7 +763,7 @@ async fn a_run_on_the_namespace_backend_gets_its_agent_through_the_input() {
         ])}),
     )
     .await;
-    let (events, end) = Sse::open(&api, &run.id, None).await.to_end().await;
+    let (events, end) = Sse::open(&api, &run.id, None).await.collect_all().await;
     assert_eq!(end.status, RunStatus::Succeeded, "{end:?} {events:?}");
     assert_eq!(end.changes.unwrap().changed, ["src/math.rs"]);
     assert!(events

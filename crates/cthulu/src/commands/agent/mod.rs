@@ -12,7 +12,7 @@ use crate::cli::GlobalArgs;
 pub enum AgentCommand {
     /// Run an agent on a copy of a directory in a sandbox, following it live; exits 0 when
     /// the agent reported success
-    Run(run::AgentRunArgs),
+    Run(Box<run::AgentRunArgs>),
     /// List runs, newest first
     #[command(visible_alias = "list")]
     Ls,
@@ -26,7 +26,7 @@ pub enum AgentCommand {
 
 pub async fn run(global: &GlobalArgs, command: AgentCommand) -> anyhow::Result<u8> {
     match command {
-        AgentCommand::Run(args) => run::run(global, args).await,
+        AgentCommand::Run(args) => run::run(global, *args).await,
         AgentCommand::Ls => runs::list(global).await,
         AgentCommand::Show(args) => runs::show(global, args).await,
         AgentCommand::Logs(args) => runs::logs(global, args).await,
