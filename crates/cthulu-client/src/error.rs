@@ -86,7 +86,7 @@ impl ClientError {
         }
     }
 
-    /// Whether the thing asked for (sandbox, process, checkpoint, file, port) does not exist.
+    /// Whether the thing asked for (sandbox, process, checkpoint, file, port, run) does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(
             self.code(),
@@ -96,6 +96,7 @@ impl ClientError {
                     | ErrorCode::CheckpointNotFound
                     | ErrorCode::FileNotFound
                     | ErrorCode::PortNotFound
+                    | ErrorCode::RunNotFound
             )
         )
     }

@@ -1,7 +1,8 @@
 //! Typed async client of the Cthulu HTTP and WebSocket API (docs/api.md, docs/streaming.md).
 //!
 //! - [`CthuluClient`]: one method per route, built on `reqwest`; its methods are spread
-//!   over one module per resource (`sandboxes`, `exec`, `files`, `ports`, `checkpoints`).
+//!   over one module per resource (`sandboxes`, `exec`, `files`, `ports`, `checkpoints`, `runs`).
+//! - [`RunEvents`]: an agent run's Server-Sent Events, stored then live, then its end.
 //! - [`ExecSession`]: a streaming exec or an attach over WebSocket. It yields
 //!   [`ExecEvent`]s (stdout, stderr, exit); its cloneable [`ExecSender`] sends stdin,
 //!   EOF, signals and terminal resizes.
@@ -14,11 +15,13 @@ mod error;
 mod exec;
 mod files;
 mod ports;
+mod runs;
 mod sandboxes;
 mod stream;
 
 pub use client::{CthuluClient, DEFAULT_URL};
 pub use error::ClientError;
 pub use files::{FileDownload, ProgressCallback, PutFileOptions};
+pub use runs::{RunEvents, RunStreamItem};
 pub use sandboxes::SandboxFilter;
 pub use stream::{ExecEvent, ExecExit, ExecSender, ExecSession};

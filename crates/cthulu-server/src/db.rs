@@ -1,4 +1,5 @@
-//! The server's SQLite database: sandbox records and API keys.
+//! The server's SQLite database: sandbox records and API keys (runs and their events:
+//! `crate::runs::store`).
 //!
 //! One connection behind a mutex: every query is a few microseconds, so it runs inline on
 //! the async threads and the lock is never held across an `.await`. WAL mode lets
@@ -14,7 +15,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 /// The migrations, in order; the database records how many it has applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE sandboxes (
         id TEXT PRIMARY KEY,
         backend TEXT NOT NULL,
@@ -32,7 +34,38 @@ const MIGRATIONS: &[&str] = &[r#"
         key_hash TEXT NOT NULL UNIQUE,
         created_at_ms INTEGER NOT NULL
     );
-"#];
+"#,
+    // Agent runs (crate::runs::store). `request` is the create request without the input
+    // archive and with only the names of the passed environment variables.
+    r#"
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        agent TEXT NOT NULL,
+        status TEXT NOT NULL,
+        request TEXT NOT NULL,
+        sandbox_id TEXT,
+        result TEXT,
+        cost_usd REAL,
+        turns INTEGER,
+        duration_ms INTEGER,
+        error TEXT,
+        changes TEXT,
+        timings TEXT,
+        events_truncated INTEGER NOT NULL DEFAULT 0,
+        created_at_ms INTEGER NOT NULL,
+        finished_at_ms INTEGER,
+        updated_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX runs_created ON runs (created_at_ms);
+    CREATE TABLE run_events (
+        run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID;
+"#,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -57,9 +90,11 @@ pub enum DbError {
     },
     #[error("sandbox record {sandbox_id} is corrupt: {reason}")]
     Corrupt { sandbox_id: String, reason: String },
+    #[error("run record {run_id} is corrupt: {reason}")]
+    CorruptRun { run_id: String, reason: String },
 }
 
-fn query_error(query: &'static str) -> impl FnOnce(rusqlite::Error) -> DbError {
+pub(crate) fn query_error(query: &'static str) -> impl FnOnce(rusqlite::Error) -> DbError {
     move |source| DbError::Query { query, source }
 }
 
@@ -119,7 +154,7 @@ impl Database {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves the connection usable: SQLite rolls back
         // the unfinished statement.
         self.connection

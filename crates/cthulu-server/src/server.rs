@@ -53,6 +53,8 @@ pub struct ServerConfig {
     pub vm_templates: Option<PathBuf>,
     /// MicroVMs of the default shape kept started ahead of demand.
     pub warm_vms: usize,
+    /// Agent runs: limits and the agents file.
+    pub runs: crate::runs::RunsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Agents(#[from] crate::runs::RunsConfigError),
     #[error("serving failed")]
     Serve(#[source] std::io::Error),
 }
@@ -175,9 +179,20 @@ impl Server {
             }
         }
 
-        let state = Arc::new(AppState::new(db, providers, default_backend));
+        let agents = crate::runs::load_agents(&config.runs, &config.home)?;
+        let runs =
+            crate::runs::RunManager::new(config.runs.clone(), agents, config.home.join("runs"));
+        let state = Arc::new(AppState::new(db, providers, default_backend, runs));
         state
             .reattach_all()
+            .await
+            .map_err(|failure| ServerError::Reattach {
+                path: database_path(&config.home),
+                message: failure.message,
+            })?;
+        state
+            .runs
+            .recover(&state)
             .await
             .map_err(|failure| ServerError::Reattach {
                 path: database_path(&config.home),
@@ -231,6 +246,7 @@ impl Server {
             }
         };
         reaper.abort();
+        self.state.runs.shutdown();
         for provider in self.state.providers.values() {
             provider.shutdown().await;
         }

@@ -16,6 +16,7 @@ use cthulu_types::{
 use crate::db::{Database, SandboxRecord};
 use crate::error::{ApiFailure, ApiResult};
 use crate::metrics::Metrics;
+use crate::runs::RunManager;
 
 /// How long a destroyed sandbox stays visible (`?status=destroyed`) before it is forgotten.
 const KEEP_DESTROYED_MS: u64 = 24 * 60 * 60 * 1000;
@@ -25,6 +26,7 @@ pub struct AppState {
     pub providers: BTreeMap<BackendKind, Arc<dyn SandboxProvider>>,
     pub default_backend: BackendKind,
     pub metrics: Metrics,
+    pub runs: RunManager,
     handles: RwLock<HashMap<SandboxId, Arc<dyn SandboxHandle>>>,
 }
 
@@ -33,12 +35,14 @@ impl AppState {
         db: Database,
         providers: BTreeMap<BackendKind, Arc<dyn SandboxProvider>>,
         default_backend: BackendKind,
+        runs: RunManager,
     ) -> Self {
         AppState {
             db,
             providers,
             default_backend,
             metrics: Metrics::default(),
+            runs,
             handles: RwLock::new(HashMap::new()),
         }
     }

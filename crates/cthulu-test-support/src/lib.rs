@@ -53,6 +53,22 @@ pub fn namespace_shim_command() -> ShimCommand {
     }
 }
 
+/// The stand-in agent of cthulu-runs, built by cargo next to the test binaries.
+pub fn fake_agent() -> PathBuf {
+    let program = target_dir().join("cthulu-fake-agent");
+    assert!(
+        program.exists(),
+        "{} is missing: build it with `cargo build -p cthulu-runs --bins` (cargo nextest run --workspace builds it)",
+        program.display()
+    );
+    program
+}
+
+/// The recorded transcripts of cthulu-runs' tests.
+pub fn transcripts_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../cthulu-runs/tests/transcripts")
+}
+
 /// `target/debug` (or the profile's directory) of the running test binary.
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary has a path");
@@ -82,8 +98,38 @@ impl TestServer {
         TestServer::start_in(home).await
     }
 
+    /// A server that knows the agent definitions `agents` (a JSON array) besides the
+    /// built-in ones: they are written to `<home>/agents.json` before it starts.
+    pub async fn start_with_agents(agents: &serde_json::Value) -> TestServer {
+        TestServer::start_configured(agents, |_| {}).await
+    }
+
+    /// [`TestServer::start_with_agents`], with the configuration changed by `configure`.
+    pub async fn start_configured(
+        agents: &serde_json::Value,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
+        let home = tempfile::Builder::new()
+            .prefix("cthulu-test-")
+            .tempdir()
+            .expect("a temporary home");
+        std::fs::write(
+            home.path().join("agents.json"),
+            serde_json::to_vec_pretty(agents).expect("agents serialize"),
+        )
+        .expect("write agents.json");
+        TestServer::start_in_configured(home, configure).await
+    }
+
     async fn start_in(home: TempDir) -> TestServer {
-        let config = ServerConfig {
+        TestServer::start_in_configured(home, |_| {}).await
+    }
+
+    async fn start_in_configured(
+        home: TempDir,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
+        let mut config = ServerConfig {
             home: home.path().to_owned(),
             listen: "127.0.0.1:0".parse().expect("a loopback address"),
             default_backend: None,
@@ -97,7 +143,10 @@ impl TestServer {
             vm_templates: std::env::var_os("CTHULU_TEST_IMAGES")
                 .map(|images| PathBuf::from(images).join(".templates")),
             warm_vms: 0,
+            // Agents come from `<home>/agents.json` ([`TestServer::start_with_agents`]).
+            runs: cthulu_server::RunsConfig::default(),
         };
+        configure(&mut config);
         let server = Server::start(config).await.expect("the server starts");
         let url = format!("http://{}", server.local_addr());
         let (shutdown, stopped) = oneshot::channel::<()>();

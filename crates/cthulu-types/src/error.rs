@@ -16,6 +16,7 @@ pub enum ErrorCode {
     CheckpointNotFound,
     FileNotFound,
     PortNotFound,
+    RunNotFound,
     PathOutsideSandbox,
     ProgramNotFound,
     InvalidState,
@@ -39,7 +40,8 @@ impl ErrorCode {
             | ErrorCode::ProcessNotFound
             | ErrorCode::CheckpointNotFound
             | ErrorCode::FileNotFound
-            | ErrorCode::PortNotFound => 404,
+            | ErrorCode::PortNotFound
+            | ErrorCode::RunNotFound => 404,
             ErrorCode::InvalidState | ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Unsupported => 501,
@@ -57,6 +59,7 @@ impl ErrorCode {
             ErrorCode::CheckpointNotFound => "checkpoint_not_found",
             ErrorCode::FileNotFound => "file_not_found",
             ErrorCode::PortNotFound => "port_not_found",
+            ErrorCode::RunNotFound => "run_not_found",
             ErrorCode::PathOutsideSandbox => "path_outside_sandbox",
             ErrorCode::ProgramNotFound => "program_not_found",
             ErrorCode::InvalidState => "invalid_state",

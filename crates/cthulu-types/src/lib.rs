@@ -6,6 +6,7 @@
 //! - [`exec`]: one-shot and streaming exec, processes, signals.
 //! - [`files`], [`ports`], [`checkpoint`], [`info`]: the other resources.
 //! - [`error`]: the `{ "error": { "code", "message", "hint" } }` body and its codes.
+//! - [`runs`]: agent runs: the create body, the run, its events (docs/api.md, Runs).
 //! - [`stream`]: the WebSocket frame protocol of streaming exec (docs/streaming.md).
 
 pub mod checkpoint;
@@ -15,6 +16,7 @@ pub mod files;
 pub mod id;
 pub mod info;
 pub mod ports;
+pub mod runs;
 pub mod sandbox;
 pub mod stream;
 
@@ -28,6 +30,9 @@ pub use files::{DirEntry, DirListing, FileKind, FileWritten};
 pub use id::{IdError, SandboxId};
 pub use info::{BackendInfo, Capabilities, CheckpointSupport, LimitSupport, ServerInfo};
 pub use ports::{ExposePortRequest, ExposedPort, PortList};
+pub use runs::{
+    CreateRunRequest, Run, RunChanges, RunEvent, RunEventBody, RunList, RunStatus, RunTimings,
+};
 pub use sandbox::{
     BackendKind, CreateSandboxRequest, NetworkMode, Resources, Sandbox, SandboxList, SandboxStatus,
     UpdateSandboxRequest,

@@ -61,4 +61,7 @@ pub enum Command {
     /// Build and list microVM images (kernel, initramfs with the guest agent, rootfs)
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
+    /// Run an AI agent (Claude Code or another CLI agent) in a sandbox, and look at runs
+    #[command(subcommand)]
+    Agent(commands::agent::AgentCommand),
 }

@@ -19,6 +19,8 @@ pub const NOT_FOUND: u8 = 3;
 pub const UNREACHABLE: u8 = 4;
 /// The server wants an API key, or refused the one given.
 pub const UNAUTHORIZED: u8 = 5;
+/// A command or agent run went past its time limit (as `timeout(1)` reports it).
+pub const TIMED_OUT: u8 = 124;
 /// The program to run does not exist, as shells report it.
 pub const COMMAND_NOT_FOUND: u8 = 127;
 /// Interrupted with Ctrl-C (128 + SIGINT), as shells report it.

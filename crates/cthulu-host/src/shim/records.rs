@@ -1,7 +1,8 @@
 //! The files of a process directory (`<sandbox>/procs/<process_id>/`) through which the
 //! handle and the shim talk besides the socket, and the one-line start handshake.
 //!
-//! - `spec.json` ([`ShimSpec`]): written by the handle before starting the shim.
+//! - `spec.json` ([`ShimSpec`]): written by the handle before starting the shim, removed by
+//!   the shim once read (it holds the environment, credentials included).
 //! - the shim's stdout: one JSON line, [`Handshake`], once the process runs (or failed to
 //!   start); the shim then points its stdout at `/dev/null`.
 //! - `pid.json` ([`PidRecord`]): the shim's and the process's pids, for stop/resume and

@@ -90,9 +90,12 @@ pub(super) fn serve(process_dir: &Path, launcher: &dyn Launcher) -> Result<(), S
     let spec_path = process_dir.join(SPEC_FILE);
     let spec: ShimSpec = serde_json::from_slice(&fs_err::read(&spec_path).map_err(ShimError::Io)?)
         .map_err(|source| ShimError::Spec {
-            path: spec_path,
+            path: spec_path.clone(),
             source,
         })?;
+    // The spec holds the process's environment, credentials included: it is not left on
+    // disk once read.
+    let _ = std::fs::remove_file(&spec_path);
     // Working in the process directory keeps the socket path short (sun_path holds 108
     // bytes) and the files below relative.
     std::env::set_current_dir(process_dir).map_err(|source| ShimError::Chdir {

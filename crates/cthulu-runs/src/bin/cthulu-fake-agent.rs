@@ -6,8 +6,17 @@
 //!
 //! ```text
 //! cthulu-fake-agent --transcript FILE [--chunk-size N] [--delay-ms N] [--exit-code N]
-//!                   [--garbage-every N] [--hang] [--require-env NAME] [--echo-args] [-- ARGS...]
+//!                   [--garbage-every N] [--hang] [--require-env NAME] [--echo-args]
+//!                   [--write PATH=TEXT] [--delete PATH] [--print-env NAME] [--spawn-sleep]
+//!                   [--stamps N] [-- ARGS...]
 //! ```
+//!
+//! Before the transcript, `--write` and `--delete` change files in the working directory
+//! (an agent editing code), `--print-env` prints a variable's value in an assistant
+//! message (to prove a credential arrived, and is redacted), `--spawn-sleep` starts a
+//! `sleep` child and names its pid (to prove a cancel kills the whole tree). After it,
+//! `--stamps` prints N assistant messages `stamp <unix microseconds>`, `--delay-ms`
+//! apart, for measuring how fast events reach a client.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,7 +24,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 const USAGE: &str = "usage: cthulu-fake-agent --transcript FILE [--chunk-size N] [--delay-ms N] \
-[--exit-code N] [--garbage-every N] [--hang] [--require-env NAME] [--echo-args] [-- ARGS...]";
+[--exit-code N] [--garbage-every N] [--hang] [--require-env NAME] [--echo-args] \
+[--write PATH=TEXT] [--delete PATH] [--print-env NAME] [--spawn-sleep] [--stamps N] [-- ARGS...]";
 
 /// A garbage line: not JSON, with invalid UTF-8 in it.
 const GARBAGE: &[u8] = b"fake-agent garbage: \xff\xfe not json {\n";
@@ -30,6 +40,11 @@ struct Options {
     hang: bool,
     require_env: Vec<String>,
     echo_args: bool,
+    writes: Vec<(PathBuf, String)>,
+    deletes: Vec<PathBuf>,
+    print_env: Vec<String>,
+    spawn_sleep: bool,
+    stamps: usize,
     agent_args: Vec<String>,
 }
 
@@ -44,6 +59,11 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Options, Stri
         hang: false,
         require_env: Vec::new(),
         echo_args: false,
+        writes: Vec::new(),
+        deletes: Vec::new(),
+        print_env: Vec::new(),
+        spawn_sleep: false,
+        stamps: 0,
         agent_args: Vec::new(),
     };
     fn number<T: std::str::FromStr>(option: &str, value: Option<String>) -> Result<T, String> {
@@ -70,6 +90,21 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Options, Stri
                 .require_env
                 .push(args.next().ok_or("--require-env needs a name")?),
             "--echo-args" => options.echo_args = true,
+            "--write" => {
+                let spec = args.next().ok_or("--write needs PATH=TEXT")?;
+                let (path, text) = spec
+                    .split_once('=')
+                    .ok_or_else(|| format!("--write: `{spec}` is not PATH=TEXT"))?;
+                options.writes.push((PathBuf::from(path), text.to_owned()));
+            }
+            "--delete" => options
+                .deletes
+                .push(PathBuf::from(args.next().ok_or("--delete needs a path")?)),
+            "--print-env" => options
+                .print_env
+                .push(args.next().ok_or("--print-env needs a name")?),
+            "--spawn-sleep" => options.spawn_sleep = true,
+            "--stamps" => options.stamps = number(&arg, args.next())?,
             "--" => {
                 options.agent_args = args.by_ref().collect();
             }
@@ -78,6 +113,72 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Options, Stri
     }
     options.transcript = transcript.ok_or("--transcript is required")?;
     Ok(options)
+}
+
+/// One stream-json assistant message holding `text`, as a line.
+fn assistant_line(text: &str) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&serde_json::json!({
+        "type": "assistant",
+        "message": {"role": "assistant", "content": [{"type": "text", "text": text}]}
+    }))
+    .expect("a JSON value serializes");
+    line.push(b'\n');
+    line
+}
+
+fn write_line(line: &[u8]) -> Result<(), String> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(line)
+        .and_then(|()| stdout.flush())
+        .map_err(|error| format!("write stdout: {error}"))
+}
+
+/// What the agent does before replaying: edit files, show an env var, start a child.
+fn act(options: &Options) -> Result<(), String> {
+    for (path, text) in &options.writes {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|error| format!("create {}: {error}", parent.display()))?;
+        }
+        std::fs::write(path, format!("{text}\n"))
+            .map_err(|error| format!("write {}: {error}", path.display()))?;
+    }
+    for path in &options.deletes {
+        std::fs::remove_file(path)
+            .map_err(|error| format!("delete {}: {error}", path.display()))?;
+    }
+    for name in &options.print_env {
+        let text = match std::env::var(name) {
+            Ok(value) => format!("env {name}={value}"),
+            Err(_) => format!("env {name} is not set"),
+        };
+        write_line(&assistant_line(&text))?;
+    }
+    if options.spawn_sleep {
+        // Not waited for: it stays in our process group, as an agent's tool would.
+        let child = std::process::Command::new("sleep")
+            .arg("3600")
+            .spawn()
+            .map_err(|error| format!("spawn sleep: {error}"))?;
+        write_line(&assistant_line(&format!("child pid {}", child.id())))?;
+    }
+    Ok(())
+}
+
+/// `stamp <unix microseconds>` messages, `delay` apart.
+fn stamps(count: usize, delay: Duration) -> Result<(), String> {
+    for index in 0..count {
+        if index > 0 && !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_micros())
+            .unwrap_or(0);
+        write_line(&assistant_line(&format!("stamp {now}")))?;
+    }
+    Ok(())
 }
 
 /// The transcript with a garbage line after every `every` lines.
@@ -107,6 +208,7 @@ fn run(options: Options) -> Result<ExitCode, String> {
             return Ok(ExitCode::from(3));
         }
     }
+    act(&options)?;
     let transcript = std::fs::read(&options.transcript)
         .map_err(|error| format!("read {}: {error}", options.transcript.display()))?;
     let bytes = with_garbage(&transcript, options.garbage_every);
@@ -125,6 +227,9 @@ fn run(options: Options) -> Result<ExitCode, String> {
         }
     }
     drop(stdout);
+    if options.stamps > 0 && stamps(options.stamps, options.delay).is_err() {
+        return Ok(ExitCode::from(options.exit_code));
+    }
     if options.hang {
         // Like an agent stuck forever: only a kill ends it.
         loop {

@@ -165,3 +165,54 @@ fn hang_keeps_running_after_the_transcript() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn acts_before_replaying_and_stamps_after() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("old.txt"), "old").unwrap();
+    let path = transcript_path("success.jsonl");
+    let output = fake_agent()
+        .current_dir(dir.path())
+        .args([
+            "--transcript",
+            path.to_str().unwrap(),
+            "--write",
+            "src/new.rs=fn main() {}",
+            "--delete",
+            "old.txt",
+            "--print-env",
+            "CTHULU_FAKE_SECRET",
+            "--stamps",
+            "2",
+        ])
+        .env("CTHULU_FAKE_SECRET", "sk-fake-secret-1")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("src/new.rs")).unwrap(),
+        "fn main() {}\n"
+    );
+    assert!(!dir.path().join("old.txt").exists());
+    let mut parser = OutputParser::new(
+        OutputFormat::ClaudeStreamJson,
+        Redactor::new(["sk-fake-secret-1"]),
+    );
+    let mut events = parser.push(&output.stdout);
+    events.extend(parser.finish());
+    let texts: Vec<&str> = events
+        .iter()
+        .filter_map(|event| match event {
+            AgentEvent::AssistantText { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts.first(), Some(&"env CTHULU_FAKE_SECRET=[redacted]"));
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|text| text.starts_with("stamp "))
+            .count(),
+        2
+    );
+}

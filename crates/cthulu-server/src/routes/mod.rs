@@ -6,6 +6,7 @@ mod exec;
 mod files;
 mod ports;
 mod processes;
+mod runs;
 mod sandboxes;
 mod stream;
 mod system;
@@ -110,7 +111,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/sandboxes/{id}/checkpoints/{checkpoint}/restore",
             post(checkpoints::restore),
-        );
+        )
+        .route(
+            "/runs",
+            post(runs::create)
+                .get(runs::list)
+                .layer(DefaultBodyLimit::max(state.runs.max_request_body())),
+        )
+        .route("/runs/{id}", get(runs::get).delete(runs::cancel))
+        .route("/runs/{id}/events", get(runs::events))
+        .route("/runs/{id}/changes.tar", get(runs::changes_archive));
     Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(system::metrics))

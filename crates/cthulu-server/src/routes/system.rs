@@ -27,6 +27,8 @@ use crate::state::AppState;
         super::ports::expose, super::ports::list, super::ports::unexpose,
         super::checkpoints::create, super::checkpoints::list, super::checkpoints::restore,
         super::checkpoints::delete,
+        super::runs::create, super::runs::list, super::runs::get, super::runs::cancel,
+        super::runs::events, super::runs::changes_archive,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

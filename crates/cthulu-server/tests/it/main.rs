@@ -3,10 +3,12 @@
 
 mod api;
 mod auth;
+mod claude_code;
 mod errors;
 mod lifetime;
 mod namespace;
 mod openapi;
 mod restart;
+mod runs;
 mod support;
 mod websocket;

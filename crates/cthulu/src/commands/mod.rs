@@ -1,5 +1,6 @@
 //! One module per command group; [`run`] dispatches the parsed command line.
 
+pub mod agent;
 pub mod bench;
 pub mod cp;
 pub mod image;
@@ -31,6 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Key(command) => key::run(command),
         Command::Bench(args) => bench::run(&global, args).await,
         Command::Image(command) => image::run(&global, command).await,
+        Command::Agent(command) => agent::run(&global, command).await,
     }
 }
 

@@ -28,6 +28,13 @@ pub struct ServeArgs {
     /// create takes one instead of starting QEMU (about 100 MiB each; 0 disables)
     #[arg(long, default_value_t = cthulu_server::DEFAULT_WARM_VMS)]
     pub warm_vms: usize,
+    /// Agent definitions (a JSON array, docs/api.md) added to the built-in ones
+    /// [default: $CTHULU_HOME/agents.json when it exists]
+    #[arg(long, env = "CTHULU_AGENTS", value_name = "FILE")]
+    pub agents: Option<PathBuf>,
+    /// Largest input archive of an agent run, in bytes (as sent and unpacked)
+    #[arg(long, env = "CTHULU_MAX_RUN_INPUT", default_value_t = cthulu_server::runs::config::DEFAULT_MAX_INPUT_BYTES)]
+    pub max_run_input: u64,
 }
 
 /// How the host backend starts its process shim: this very binary, `cthulu __shim`.
@@ -70,6 +77,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         images: None,
         vm_templates: None,
         warm_vms: args.warm_vms,
+        runs: cthulu_server::RunsConfig {
+            agents_file: args.agents,
+            max_input_bytes: args.max_run_input,
+            ..cthulu_server::RunsConfig::default()
+        },
     };
     let server = Server::start(config)
         .await

@@ -1,5 +1,6 @@
 //! Integration tests of the `cthulu` binary against a real `cthulu serve` child process.
 
+mod agent;
 mod auth;
 mod errors;
 mod files;

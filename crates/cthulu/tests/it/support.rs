@@ -26,10 +26,17 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start() -> TestServer {
+        TestServer::start_with_agents("[]")
+    }
+
+    /// A server that also knows the agent definitions `agents` (a JSON array), written to
+    /// `<home>/agents.json` before it starts.
+    pub fn start_with_agents(agents: &str) -> TestServer {
         let home = tempfile::Builder::new()
             .prefix("cthulu-cli-test-")
             .tempdir()
             .expect("cannot create a temporary home");
+        std::fs::write(home.path().join("agents.json"), agents).expect("write agents.json");
         let port = free_port();
         let log = std::fs::File::create(home.path().join("server.log")).expect("server log");
         let child = Command::new(BINARY)
@@ -173,6 +180,17 @@ impl Outcome {
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         }
     }
+}
+
+/// The stand-in agent of cthulu-runs, built next to `cthulu`.
+pub fn fake_agent() -> PathBuf {
+    let path = Path::new(BINARY).with_file_name("cthulu-fake-agent");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p cthulu-runs --bins`",
+        path.display()
+    );
+    path
 }
 
 /// A path under the test's temporary directory.

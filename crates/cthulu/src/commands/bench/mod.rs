@@ -3,6 +3,7 @@
 
 mod measure;
 mod report;
+mod runs;
 mod vm;
 
 use std::net::SocketAddr;
@@ -45,6 +46,10 @@ pub struct BenchArgs {
     /// the in-process server uses [default: $CTHULU_HOME, else ~/.cthulu]
     #[arg(long, env = "CTHULU_HOME")]
     pub home: Option<std::path::PathBuf>,
+    /// Instead: measure N agent runs (overhead beyond the agent, SSE latency) with the
+    /// stand-in agent on a 10 MB working directory; `--backend` default namespace
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: Option<u32>,
 }
 
 /// The server under test: ours, in this process, or someone else's.
@@ -89,6 +94,7 @@ async fn start_target(
         images: Some(user_home.join("images")),
         vm_templates: Some(user_home.join("qemu-templates")),
         warm_vms: cthulu_server::DEFAULT_WARM_VMS,
+        runs: cthulu_server::RunsConfig::default(),
     };
     let server = Server::start(config)
         .await
@@ -112,6 +118,9 @@ async fn start_target(
 }
 
 pub async fn run(global: &GlobalArgs, args: BenchArgs) -> anyhow::Result<u8> {
+    if let Some(count) = args.runs {
+        return runs::run(global, &args, count).await;
+    }
     let user_home = super::home_dir(args.home.clone())?;
     let target = start_target(global, args.warm_sandboxes, &user_home).await?;
     let outcome = bench(&target, &args, &user_home).await;
