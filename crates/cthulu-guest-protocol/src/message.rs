@@ -214,8 +214,12 @@ pub struct ExecRequest {
     pub stdin: bool,
     /// Killed (and reported `timed_out`) after this many milliseconds.
     pub timeout_ms: Option<u64>,
-    /// Output of each channel beyond this many bytes is dropped and the exit reports
-    /// `truncated`.
+    /// Each channel keeps at most this many bytes. A channel that passes it is closed, as
+    /// under `| head -c <cap>`: a program that goes on writing gets EPIPE or dies of
+    /// SIGPIPE (on a terminal, the single channel's hangup: SIGHUP for its session leader,
+    /// EIO for writers), the other channel keeps flowing, and the exit reports `truncated`.
+    /// For a detached exec the cap applies the same way; without one, a detached exec keeps
+    /// only the last [`RETAINED_OUTPUT`] bytes per channel for attaches, and is not cut.
     pub output_cap: Option<u64>,
     /// Run on a terminal of this size (stdout and stderr merged into channel main).
     pub tty: Option<TtySize>,

@@ -68,7 +68,9 @@ pub struct Process {
     pub pid: i32,
     pub command: String,
     pub detached: bool,
-    /// The PTY master of a tty process (for resizes).
+    /// Runs on a terminal.
+    pub is_tty: bool,
+    /// The PTY master of a tty process (for resizes), until its output is closed.
     pub tty: Option<OwnedFd>,
     pub started_unix_ms: u64,
     pub stdin: Option<Stdin>,
@@ -105,7 +107,10 @@ impl Process {
         })
     }
 
-    /// Of `read` bytes just read from output `index`, how many are kept under the cap.
+    /// Of `read` bytes just read from output `index`, how many are kept under the cap. An
+    /// output that passes its cap is closed, as under `| head -c <cap>`: the writer gets
+    /// EPIPE (or dies of SIGPIPE) instead of running on until its timeout; the other
+    /// output keeps flowing.
     pub fn keep(&mut self, index: usize, read: usize) -> usize {
         let output = &mut self.outputs[index];
         let allowed = self.cap.saturating_sub(output.taken);
@@ -113,11 +118,25 @@ impl Process {
         output.taken += kept as u64;
         if kept < read {
             self.truncated = true;
+            self.close_output(index);
         }
         kept
     }
 
-    /// Whether output `index` only drops what it reads (its cap is spent).
+    /// Closes output `index`. A terminal's output closes with every copy of its master
+    /// (the stdin and the one kept for resizes): the terminal hangs up, so its session
+    /// leader gets SIGHUP and writers get EIO.
+    fn close_output(&mut self, index: usize) {
+        self.outputs[index].fd = None;
+        if self.is_tty {
+            self.tty = None;
+            self.stdin = None;
+        }
+    }
+
+    /// Whether output `index` kept all its cap allows: what it reads next only tells
+    /// whether the cap is passed (closing it) or the output ends right there, so it is read
+    /// whatever room its stream has.
     pub fn discarding(&self, index: usize) -> bool {
         self.outputs[index].taken >= self.cap
     }
@@ -131,7 +150,7 @@ impl Process {
             process_id: self.process_id.clone(),
             command: shorten(&self.command, command_bytes),
             detached: self.detached,
-            tty: self.tty.is_some(),
+            tty: self.is_tty,
             exit: self.exit_status(),
             started_unix_ms: self.started_unix_ms,
         }
@@ -355,6 +374,7 @@ pub fn spawn(launch: Launch<'_>) -> Result<Process, ErrorReply> {
         pid,
         command: display,
         detached: request.detached,
+        is_tty: tty.is_some(),
         tty,
         started_unix_ms: unix_ms(),
         stdin,
