@@ -104,6 +104,7 @@ impl Process {
             signal,
             timed_out: self.timed_out,
             truncated: self.truncated,
+            oom_killed: false,
         })
     }
 
