@@ -175,7 +175,10 @@ pub struct GuestConfig {
     /// 32 lowercase hex digits written to `/etc/machine-id`.
     pub machine_id: Option<String>,
     /// The workspace: the default cwd and `HOME` of execs, the root of file paths; created
-    /// if missing.
+    /// if missing. The agent's own default, `/workspace`, is on an image without a root
+    /// disk (initramfs only) a tmpfs of 90% of the guest's RAM: like every file of such an
+    /// image, its files live in the guest's memory (and count against the memory limit of
+    /// the processes that write them).
     pub workspace: Option<String>,
     /// The sandbox's environment, under each exec's own `env`.
     #[serde(
@@ -295,8 +298,9 @@ pub struct ExitStatus {
     pub timed_out: bool,
     /// Output went beyond `output_cap` and was cut.
     pub truncated: bool,
-    /// Killed by the kernel's OOM killer: it died of `SIGKILL` while the OOM kill count of
-    /// the cgroup of everything the agent runs went up (see [`GuestLimits`]). Always false
+    /// Killed by the kernel's OOM killer: it did not exit 0 (it died of `SIGKILL`, or a
+    /// shell exited 137 after its child did) while the OOM kill count of the cgroup of
+    /// everything the agent runs went up (see [`GuestLimits`]). Always false
     /// where the agent has no cgroups (test mode). Absent from older agents: false; left
     /// out of the JSON when false, so older hosts still read the status.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

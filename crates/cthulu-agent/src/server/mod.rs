@@ -650,7 +650,8 @@ pub fn serve(channel: &crate::link::ChannelSpec, settings: Settings) -> io::Resu
     server.run()
 }
 
-/// Test mode: the workspace is created if missing; machine-wide settings are refused.
+/// Test mode: the workspace is created if missing; machine-wide settings are refused, and so
+/// are resource limits (the host's cgroups are not the agent's to change).
 pub fn serve_test(
     channel: &crate::link::ChannelSpec,
     workspace: &std::path::Path,
@@ -663,6 +664,7 @@ pub fn serve_test(
             workspace,
             env: BTreeMap::new(),
             vm: false,
+            cgroup: Err(configure::NO_CGROUPS_IN_TEST_MODE.into()),
         },
     )
 }

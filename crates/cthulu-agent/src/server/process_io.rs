@@ -13,7 +13,7 @@ use super::process::Process;
 use super::session::{room, send, Stream};
 use super::{Server, DRAIN_GRACE, MAX_RETAINED, READ_CHUNK};
 use crate::log::log;
-use crate::sys;
+use crate::sys::{self, Ended};
 
 impl Server {
     pub(super) fn reap(&mut self) {
@@ -27,6 +27,15 @@ impl Server {
             {
                 process.ended = Some(ended);
                 process.ended_at = Some(now);
+                // An OOM kill during its run that it did not survive is its cause: the
+                // kernel counts it before the victim dies, and the victim may be a child of
+                // the command (a shell then exits 137), as the namespace backend reports it.
+                if let (Some(before), Ok(cgroup)) =
+                    (process.oom_kills_at_start, &self.settings.cgroup)
+                {
+                    process.oom_killed = ended != Ended::Code(0)
+                        && cgroup.oom_kills().is_some_and(|after| after > before);
+                }
                 process.stdin = None;
             }
         }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cthulu_guest_protocol::message::{Control, ErrorCode, GuestConfig, Request};
+use cthulu_guest_protocol::message::{Control, ErrorCode, GuestConfig, GuestLimits, Request};
 
 use crate::host::{argv, shell, Agent};
 
@@ -253,4 +253,38 @@ fn a_missing_program_and_bad_process_ids_are_refused() {
         host.exec(argv("same", &["true"])).unwrap().exit().code,
         Some(0)
     );
+}
+
+#[test]
+fn limits_are_refused_in_test_mode_and_nothing_is_oom_killed() {
+    let agent = Agent::start();
+    let host = agent.connect();
+    let config = GuestConfig {
+        env: Some(BTreeMap::from([("A".to_string(), "set".to_string())])),
+        limits: Some(GuestLimits {
+            memory_bytes: Some(64 << 20),
+            pids: Some(64),
+            cpu_millis: Some(500),
+        }),
+        ..GuestConfig::default()
+    };
+    let error = host.request(Request::Configure(config)).unwrap_err();
+    assert_eq!(error.code, ErrorCode::Unsupported);
+    assert!(error.message.contains("cgroups"), "{}", error.message);
+    assert_eq!(
+        host.sh("echo ${A:-unset}").stdout(),
+        "unset\n",
+        "a refused config changes nothing"
+    );
+    // Without cgroups a SIGKILL is never an OOM kill.
+    let exit = host.sh("kill -KILL $$").exit();
+    assert_eq!(exit.signal, Some(libc::SIGKILL));
+    assert!(!exit.oom_killed);
+    // No limits at all is fine.
+    let config = GuestConfig {
+        env: Some(BTreeMap::from([("A".to_string(), "set".to_string())])),
+        ..GuestConfig::default()
+    };
+    host.request(Request::Configure(config)).unwrap();
+    assert_eq!(host.sh("echo ${A:-unset}").stdout(), "set\n");
 }
