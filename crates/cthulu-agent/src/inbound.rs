@@ -82,26 +82,31 @@ impl Inbound {
     }
 
     /// Looks for a decodable hello in the scanned bytes; when found, decoding resumes from
-    /// it with a fresh decoder.
+    /// it with a fresh decoder. A hello header whose payload has not all arrived is kept
+    /// (with what follows it) until it has, but a complete hello after it wins: the
+    /// garbage may hold a fake header announcing a long payload, and the real hello that
+    /// follows must not wait for it. So the scan never holds more than one hello frame.
     fn find_hello(&mut self) -> bool {
         let Some(scan) = &mut self.scan else {
             return true;
         };
         let mut at = 0;
+        let mut incomplete = None;
         while let Some(offset) = find(&scan[at..], &HELLO_PREFIX) {
             let start = at + offset;
+            at = start + 1;
             let Some(header) = scan.get(start..start + HEADER_LEN) else {
+                // The header itself is cut: it is in the tail kept below.
                 break;
             };
             let length = u32::from_le_bytes([header[6], header[7], header[8], header[9]]) as usize;
             if length > MAX_CONTROL_PAYLOAD {
-                at = start + 1;
                 continue;
             }
             let Some(candidate) = scan.get(start..start + HEADER_LEN + length) else {
                 // Maybe a hello whose payload has not arrived yet.
-                scan.drain(..start);
-                return false;
+                incomplete.get_or_insert(start);
+                continue;
             };
             let mut probe = Decoder::new();
             probe.push(candidate);
@@ -117,11 +122,10 @@ impl Inbound {
                 self.decoder.push(&rest);
                 return true;
             }
-            at = start + 1;
         }
-        // Keep only a tail that could still begin a hello header.
-        let keep = scan.len().min(HEADER_LEN - 1);
-        let cut = scan.len() - keep;
+        // Keep the first incomplete candidate on, or only a tail that could still begin a
+        // hello header.
+        let cut = incomplete.unwrap_or(scan.len().saturating_sub(HEADER_LEN - 1));
         scan.drain(..cut);
         false
     }
@@ -138,6 +142,8 @@ mod tests {
     use super::*;
     use cthulu_guest_protocol::frame::StreamId;
     use cthulu_guest_protocol::message::{Hello, Request};
+    use proptest::collection::vec;
+    use proptest::prelude::*;
 
     fn hello() -> Vec<u8> {
         Frame::new(StreamId::CONNECTION, FrameBody::Hello(Hello::new(vec![])))
@@ -215,5 +221,67 @@ mod tests {
             assert!(kinds(&mut inbound).is_empty());
         }
         assert!(inbound.scan.as_ref().unwrap().len() < HEADER_LEN);
+    }
+
+    #[test]
+    fn a_fake_hello_header_announcing_a_long_payload_does_not_hold_up_the_real_one() {
+        let mut inbound = Inbound::new();
+        inbound.push(&[0xff; 10]);
+        assert_eq!(kinds(&mut inbound), ["violation"]);
+        let mut fake = HELLO_PREFIX.to_vec();
+        fake.extend_from_slice(&(MAX_CONTROL_PAYLOAD as u32).to_le_bytes());
+        inbound.push(&fake);
+        assert!(kinds(&mut inbound).is_empty());
+        inbound.push(&hello());
+        inbound.push(&open());
+        assert_eq!(kinds(&mut inbound), ["hello", "open"]);
+    }
+
+    /// Garbage for the scanner: arbitrary bytes, with now and then what looks like the
+    /// start of a hello (its header prefix, with any length after it).
+    fn garbage() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            4 => vec(any::<u8>(), 0..300),
+            1 => any::<u32>().prop_map(|length| {
+                let mut bytes = HELLO_PREFIX.to_vec();
+                bytes.extend_from_slice(&(length % (2 * MAX_CONTROL_PAYLOAD as u32)).to_le_bytes());
+                bytes
+            }),
+            1 => Just(HELLO_PREFIX[..3].to_vec()),
+        ];
+        vec(piece, 0..40).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        /// After a decode error, whatever bytes come, a valid hello that follows them is
+        /// found (and the frames after it decoded), and what is held while scanning stays
+        /// below one hello frame.
+        #[test]
+        fn garbage_then_a_hello_is_found_with_bounded_memory(
+            garbage in garbage(),
+            chunk in 1usize..5000,
+        ) {
+            let mut inbound = Inbound::new();
+            inbound.push(&[0xff; 10]);
+            prop_assert_eq!(kinds(&mut inbound), ["violation"]);
+            let mut bytes = garbage;
+            bytes.extend_from_slice(&hello());
+            bytes.extend_from_slice(&open());
+            let mut seen = Vec::new();
+            for piece in bytes.chunks(chunk) {
+                inbound.push(piece);
+                seen.extend(kinds(&mut inbound));
+                if let Some(scan) = &inbound.scan {
+                    prop_assert!(scan.len() < HEADER_LEN + MAX_CONTROL_PAYLOAD);
+                }
+            }
+            prop_assert_eq!(
+                &seen[seen.len().saturating_sub(2)..],
+                ["hello", "open"],
+                "{:?}",
+                seen
+            );
+            prop_assert!(!inbound.resyncing());
+        }
     }
 }

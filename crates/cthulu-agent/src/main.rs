@@ -3,11 +3,13 @@
 //! In test mode (not PID 1) it serves on a Unix socket with a workspace directory, so the
 //! whole protocol can be exercised on the host.
 //!
-//! Modules: [`cli`] (arguments), [`init`] (PID 1), [`link`] (virtio-serial, vsock, Unix
+//! Modules: [`cli`] (arguments), [`init`] (PID 1), [`cgroup`] (the limits of what the
+//! agent runs, as PID 1), [`link`] (virtio-serial, vsock, Unix
 //! sockets), [`inbound`] (decoding and resynchronising), [`server`] (the poll loop, streams
 //! and processes), [`paths`] (resolution beneath the workspace), [`ring`] (retained output),
 //! [`sys`] (the few raw system calls).
 
+mod cgroup;
 mod cli;
 mod inbound;
 mod init;

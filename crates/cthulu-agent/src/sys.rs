@@ -1,6 +1,7 @@
 //! The system calls rustix does not wrap (signalfd, waitpid of any child, vsock,
-//! finit_module, RNDADDENTROPY, the classic network ioctls): small safe functions around
-//! `libc`, each unsafe block with its reason.
+//! finit_module, RNDADDENTROPY, the classic network ioctls) and the steps of a forked child
+//! before its exec (joining a cgroup, resetting `oom_score_adj`): small safe functions
+//! around `libc`, each unsafe block with its reason.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -272,6 +273,58 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Moves the calling process into the cgroup whose `cgroup.procs` is open as `procs`, by
+/// writing its pid there. For a forked child before exec: async-signal-safe, no allocation.
+pub fn join_cgroup(procs: RawFd) -> io::Result<()> {
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let mut digits = [0u8; 20];
+    let text = decimal(pid as u64, &mut digits);
+    // SAFETY: `text` is a valid buffer of `text.len()` bytes for the duration of the call.
+    let written = unsafe { libc::write(procs, text.as_ptr().cast(), text.len()) };
+    if written < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if written as usize != text.len() {
+        return Err(io::Error::from(io::ErrorKind::WriteZero));
+    }
+    Ok(())
+}
+
+/// Sets the calling process's `oom_score_adj` back to 0 (the agent's own −1000 is
+/// inherited across fork, and would make its children unkillable by the OOM killer too).
+/// For a forked child before exec: async-signal-safe, no allocation.
+pub fn reset_oom_score_adj() -> io::Result<()> {
+    // SAFETY: the path is a valid NUL-terminated string; the descriptor is closed before
+    // returning, whatever the write gave.
+    unsafe {
+        let fd = check(libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        ))?;
+        let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let error = io::Error::last_os_error();
+        libc::close(fd);
+        if written != 1 {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// `value` in decimal, in `buffer` (20 digits hold any u64).
+fn decimal(mut value: u64, buffer: &mut [u8; 20]) -> &[u8] {
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            return &buffer[start..];
+        }
+    }
+}
+
 /// poll(2) over raw descriptors; an interrupted poll reports nothing ready.
 pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures.
@@ -284,4 +337,29 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
         return Err(error);
     }
     Ok(ready as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_without_allocation() {
+        let mut buffer = [0u8; 20];
+        assert_eq!(decimal(0, &mut buffer), b"0");
+        assert_eq!(decimal(4_194_304, &mut buffer), b"4194304");
+        assert_eq!(decimal(u64::MAX, &mut buffer), b"18446744073709551615");
+    }
+
+    #[test]
+    fn joining_a_cgroup_writes_the_pid() {
+        let file = tempfile::tempfile().unwrap();
+        join_cgroup(file.as_raw_fd()).unwrap();
+        let mut file = file;
+        use std::io::{Read, Seek};
+        file.rewind().unwrap();
+        let mut text = String::new();
+        file.read_to_string(&mut text).unwrap();
+        assert_eq!(text, std::process::id().to_string());
+    }
 }

@@ -467,7 +467,7 @@ fn decode_body(
 mod tests {
     use super::*;
     use crate::message::{
-        Command, DirEntry, EntryKind, ErrorCode, ExecRequest, ExitStatus, GuestConfig,
+        Command, DirEntry, EntryKind, ErrorCode, ExecRequest, ExitStatus, GuestConfig, GuestLimits,
         ProcessEntry, Signal, TtySize,
     };
 
@@ -563,7 +563,16 @@ mod tests {
                 machine_id: Some("0123456789abcdef0123456789abcdef".into()),
                 workspace: Some("/workspace".into()),
                 env: Some([("A".to_string(), "1".to_string())].into()),
+                limits: Some(GuestLimits {
+                    memory_bytes: Some(64 << 20),
+                    pids: Some(64),
+                    cpu_millis: None,
+                }),
             })),
+        ));
+        round_trip(on(
+            25,
+            FrameBody::Open(Request::Configure(GuestConfig::default())),
         ));
         round_trip(on(23, FrameBody::Open(Request::Sync)));
         round_trip(on(
@@ -601,6 +610,17 @@ mod tests {
                 signal: Some(9),
                 timed_out: true,
                 truncated: false,
+                oom_killed: false,
+            })),
+        ));
+        round_trip(on(
+            1,
+            FrameBody::Control(Control::Exit(ExitStatus {
+                code: None,
+                signal: Some(9),
+                timed_out: false,
+                truncated: false,
+                oom_killed: true,
             })),
         ));
         round_trip(on(

@@ -39,7 +39,11 @@
 //! JSON payloads are UTF-8; requests and control messages are externally tagged in
 //! `snake_case` (`{"port_tunnel":{"port":8080}}`, `"done"` for a message without fields),
 //! which lets them decode in one pass without buffering; unknown fields are rejected; unknown error codes
-//! read as `unknown`. Lists and maps inside them are capped (64 hello versions or features,
+//! read as `unknown`. Fields added after version 1 first shipped are optional both ways:
+//! absent, they read as their default, and at their default they are left out of the JSON,
+//! so a host and an agent of different builds still understand each other as long as the
+//! newer one does not use them: `limits` of [`message::GuestConfig`] (resource limits, see
+//! [`message::GuestLimits`]) and `oom_killed` of [`message::ExitStatus`]. Lists and maps inside them are capped (64 hello versions or features,
 //! 4096 argv items or directory entries per message, 1024 env variables), so decoding one
 //! payload costs a small constant multiple of its size. The decoder rejects an unknown kind, unknown flags, a frame on the
 //! wrong stream, a length above its kind's maximum (from the header alone, before buffering

@@ -175,7 +175,10 @@ pub struct GuestConfig {
     /// 32 lowercase hex digits written to `/etc/machine-id`.
     pub machine_id: Option<String>,
     /// The workspace: the default cwd and `HOME` of execs, the root of file paths; created
-    /// if missing.
+    /// if missing. The agent's own default, `/workspace`, is on an image without a root
+    /// disk (initramfs only) a tmpfs of 90% of the guest's RAM: like every file of such an
+    /// image, its files live in the guest's memory (and count against the memory limit of
+    /// the processes that write them).
     pub workspace: Option<String>,
     /// The sandbox's environment, under each exec's own `env`.
     #[serde(
@@ -183,6 +186,34 @@ pub struct GuestConfig {
         deserialize_with = "bounded::option_map::<_, _, _, MAX_ENV_VARS>"
     )]
     pub env: Option<BTreeMap<String, String>>,
+    /// Resource limits of everything the agent runs (see [`GuestLimits`]); absent leaves
+    /// them as they are (left out of the JSON then, so an agent that predates them still
+    /// reads the config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<GuestLimits>,
+}
+
+/// Limits shared by every process the agent starts (execs, detached or not, and their
+/// descendants), enforced by the guest kernel: as PID 1 the agent puts each one into the
+/// cgroup v2 `/sys/fs/cgroup/sandbox`, while itself and PID 1 stay outside it (and
+/// unkillable by the OOM killer, `oom_score_adj` −1000). A field that is absent means no
+/// limit (`max`); each set field must be at least 1. An agent that is not PID 1 of a VM
+/// (test mode) refuses limits with `unsupported`, and so does one whose kernel gave it no
+/// cgroups.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestLimits {
+    /// Memory of all of them together, in bytes (`memory.max`, rounded down to pages; no
+    /// swap: `memory.swap.max` 0). Past it the kernel's OOM killer kills one of them, and
+    /// its exit reports `oom_killed`.
+    pub memory_bytes: Option<u64>,
+    /// Processes and threads alive at once (`pids.max`): a `fork` beyond it fails with
+    /// `EAGAIN`.
+    pub pids: Option<u64>,
+    /// CPU time, in thousandths of a CPU (`cpu.max` = `<millis × 100> 100000`: that many
+    /// microseconds per 100 ms period; 1500 is one and a half CPUs). At least 10, the
+    /// kernel's smallest quota (1 ms per period).
+    pub cpu_millis: Option<u32>,
 }
 
 /// What to run.
@@ -214,8 +245,12 @@ pub struct ExecRequest {
     pub stdin: bool,
     /// Killed (and reported `timed_out`) after this many milliseconds.
     pub timeout_ms: Option<u64>,
-    /// Output of each channel beyond this many bytes is dropped and the exit reports
-    /// `truncated`.
+    /// Each channel keeps at most this many bytes. A channel that passes it is closed, as
+    /// under `| head -c <cap>`: a program that goes on writing gets EPIPE or dies of
+    /// SIGPIPE (on a terminal, the single channel's hangup: SIGHUP for its session leader,
+    /// EIO for writers), the other channel keeps flowing, and the exit reports `truncated`.
+    /// For a detached exec the cap applies the same way; without one, a detached exec keeps
+    /// only the last [`RETAINED_OUTPUT`] bytes per channel for attaches, and is not cut.
     pub output_cap: Option<u64>,
     /// Run on a terminal of this size (stdout and stderr merged into channel main).
     pub tty: Option<TtySize>,
@@ -263,6 +298,13 @@ pub struct ExitStatus {
     pub timed_out: bool,
     /// Output went beyond `output_cap` and was cut.
     pub truncated: bool,
+    /// Killed by the kernel's OOM killer: it did not exit 0 (it died of `SIGKILL`, or a
+    /// shell exited 137 after its child did) while the OOM kill count of the cgroup of
+    /// everything the agent runs went up (see [`GuestLimits`]). Always false
+    /// where the agent has no cgroups (test mode). Absent from older agents: false; left
+    /// out of the JSON when false, so older hosts still read the status.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
 }
 
 /// One entry of a directory listing.
@@ -480,6 +522,39 @@ mod tests {
         let hello = format!(r#"{{"versions":[{versions}],"max_frame":65536,"features":[]}}"#);
         let error = serde_json::from_str::<Hello>(&hello).unwrap_err();
         assert!(error.to_string().contains("more than 64 items"), "{error}");
+    }
+
+    #[test]
+    fn fields_added_after_the_first_agents_are_optional_both_ways() {
+        let status: ExitStatus =
+            serde_json::from_str(r#"{"code":null,"signal":9,"timed_out":false,"truncated":false}"#)
+                .unwrap();
+        assert!(!status.oom_killed);
+        let json = serde_json::to_string(&status).unwrap();
+        assert!(!json.contains("oom_killed"), "{json}");
+        let oom = ExitStatus {
+            oom_killed: true,
+            ..status
+        };
+        let json = serde_json::to_string(&oom).unwrap();
+        assert!(json.contains(r#""oom_killed":true"#), "{json}");
+        assert_eq!(serde_json::from_str::<ExitStatus>(&json).unwrap(), oom);
+
+        let json = serde_json::to_string(&GuestConfig::default()).unwrap();
+        assert!(!json.contains("limits"), "{json}");
+        let config: GuestConfig =
+            serde_json::from_str(r#"{"limits":{"memory_bytes":67108864,"pids":64}}"#).unwrap();
+        assert_eq!(
+            config.limits,
+            Some(GuestLimits {
+                memory_bytes: Some(64 << 20),
+                pids: Some(64),
+                cpu_millis: None,
+            })
+        );
+        let error =
+            serde_json::from_str::<GuestConfig>(r#"{"limits":{"swap_bytes":0}}"#).unwrap_err();
+        assert!(error.to_string().contains("swap_bytes"), "{error}");
     }
 
     #[test]

@@ -764,6 +764,7 @@ mod tests {
             signal: None,
             timed_out: false,
             truncated: false,
+            oom_killed: false,
         });
         guest.send_control(stream_id, exit.clone()).unwrap();
         guest.close(stream_id).unwrap();

@@ -121,7 +121,7 @@ fn exit_info(status: wire::ExitStatus) -> ExitInfo {
         signal: status.signal,
         timed_out: status.timed_out,
         truncated: status.truncated,
-        oom_killed: false,
+        oom_killed: status.oom_killed,
     }
 }
 

@@ -225,6 +225,7 @@ impl VmSandbox {
             machine_id: identity.then(|| random(16)),
             workspace: Some(guest::WORKSPACE.into()),
             env: Some(env.clone()),
+            limits: None,
         };
         client
             .call(Request::Configure(config))

@@ -1,8 +1,17 @@
-//! PID 1 of a microVM: mounts the API filesystems, loads the virtio modules, brings up
-//! `lo`, reads the `cthulu.*` options of the kernel command line (switching into a root
-//! disk and configuring `eth0` when asked), then splits: PID 1 stays a small reaper that
-//! restarts the server when it dies, and a forked child serves the host. So orphans
-//! reparented to PID 1 are reaped without the server losing its own children's statuses.
+//! PID 1 of a microVM: mounts the API filesystems (cgroup2 among them), loads the virtio
+//! modules, brings up `lo`, reads the `cthulu.*` options of the kernel command line
+//! (switching into a root disk and configuring `eth0` when asked), mounts a tmpfs on the
+//! workspace when the root stays the initramfs, sets up the sandbox cgroup (see
+//! [`crate::cgroup`]), then splits: PID 1 stays a small reaper that restarts the server
+//! when it dies, and a forked child serves the host. So orphans reparented to PID 1 are
+//! reaped without the server losing its own children's statuses. Both keep
+//! `oom_score_adj` −1000, so the OOM killer never picks them (a memory bomb in the sandbox
+//! cannot take the agent down); what they run starts at 0 again.
+//!
+//! The initramfs root is a tmpfs limited to half the RAM; the workspace of an
+//! initramfs-only image is a tmpfs of its own, of 90% of the RAM, so an upload can use most
+//! of the guest's memory. Either way, the files of such an image live in the guest's RAM
+//! (and count against it). With a root disk, the workspace is the disk's.
 
 mod cmdline;
 
@@ -13,6 +22,7 @@ use std::time::{Duration, Instant};
 use rustix::fs::{Mode, OFlags};
 use rustix::mount::{MountFlags, MountPropagationFlags};
 
+use crate::cgroup::{self, Cgroup};
 use crate::link::ChannelSpec;
 use crate::log::log;
 use crate::server::Settings;
@@ -37,9 +47,13 @@ pub fn run() -> ! {
     for complaint in complaints {
         log!("kernel command line: {complaint}");
     }
+    let mut on_disk = false;
     if let Some(root) = &options.root {
-        if let Err(error) = switch_root(root) {
-            log!("switching into the root disk {root}: {error}; staying in the initramfs");
+        match switch_root(root) {
+            Ok(()) => on_disk = true,
+            Err(error) => {
+                log!("switching into the root disk {root}: {error}; staying in the initramfs")
+            }
         }
     }
     if let Some(net) = &options.net {
@@ -50,16 +64,28 @@ pub fn run() -> ! {
     if let Err(error) = std::fs::create_dir_all(DEFAULT_WORKSPACE) {
         log!("creating {DEFAULT_WORKSPACE}: {error}");
     }
+    if !on_disk {
+        mount_workspace();
+    }
+    let cgroup = Cgroup::set_up(Path::new(cgroup::ROOT)).map_err(|error| {
+        log!("setting up the sandbox cgroup: {error}; resource limits are unsupported");
+        format!("setting up the sandbox cgroup failed: {error}")
+    });
+    // Inherited by the server; its children set theirs back to 0 before they exec.
+    if let Err(error) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        log!("protecting the agent from the OOM killer: {error}");
+    }
     let settings = Settings {
         workspace: DEFAULT_WORKSPACE.into(),
         env: Default::default(),
         vm: true,
+        cgroup,
     };
     reap_and_serve(&options.channel, settings)
 }
 
 fn mount_api_filesystems() {
-    let mounts: [(&str, &str, &str, MountFlags); 6] = [
+    let mounts: [(&str, &str, &str, MountFlags); 7] = [
         (
             "proc",
             "/proc",
@@ -69,6 +95,13 @@ fn mount_api_filesystems() {
         (
             "sysfs",
             "/sys",
+            "",
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        ),
+        // Moved along with /sys when switching into a root disk.
+        (
+            "cgroup2",
+            cgroup::ROOT,
             "",
             MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
         ),
@@ -104,6 +137,21 @@ fn mount_api_filesystems() {
     let _ = std::fs::remove_file("/dev/ptmx");
     if let Err(error) = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx") {
         log!("linking /dev/ptmx to pts/ptmx: {error}");
+    }
+}
+
+/// A tmpfs on the default workspace, before anything is written there: the initramfs root
+/// may hold only half the RAM.
+fn mount_workspace() {
+    let data = c"size=90%,mode=0755";
+    if let Err(errno) = rustix::mount::mount(
+        "tmpfs",
+        DEFAULT_WORKSPACE,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        Some(data),
+    ) {
+        log!("mounting a tmpfs on {DEFAULT_WORKSPACE}: {errno}");
     }
 }
 

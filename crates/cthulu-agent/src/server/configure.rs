@@ -1,15 +1,24 @@
 //! `Configure`: the guest's identity and defaults. The settings that change the whole
 //! machine (hostname, clock, entropy, machine id) are applied only as PID 1 of a VM: in
 //! test mode the agent runs on a real host, often as root, and must not change it, so it
-//! answers `permission_denied` naming the setting.
+//! answers `permission_denied` naming the setting. Resource limits need the agent's cgroup
+//! (see [`crate::cgroup`]): without one (test mode, or a kernel without cgroup v2) they are
+//! refused with `unsupported`, before anything else of the config is applied.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use cthulu_guest_protocol::message::{ErrorCode, ErrorReply, GuestConfig, MAX_ENTROPY};
+use cthulu_guest_protocol::message::{
+    ErrorCode, ErrorReply, GuestConfig, GuestLimits, MAX_ENTROPY,
+};
 use rustix::fs::{Mode, OFlags};
 
+use crate::cgroup::Cgroup;
 use crate::paths::reply;
+
+/// Why test mode has no cgroups.
+pub const NO_CGROUPS_IN_TEST_MODE: &str =
+    "the agent uses cgroups only as PID 1 of a VM, not in test mode";
 
 /// What later requests run with.
 #[derive(Debug, Clone)]
@@ -18,6 +27,9 @@ pub struct Settings {
     pub env: BTreeMap<String, String>,
     /// PID 1 of a VM: machine-wide settings may be changed.
     pub vm: bool,
+    /// The cgroup of everything the agent runs, or why there is none (named when limits
+    /// are refused).
+    pub cgroup: Result<Cgroup, String>,
 }
 
 impl Settings {
@@ -74,6 +86,20 @@ pub fn apply(settings: &mut Settings, config: GuestConfig) -> Result<(), ErrorRe
             return Err(invalid("an environment value contains a NUL byte".into()));
         }
     }
+
+    let cgroup = match &config.limits {
+        Some(limits) => {
+            check_limits(limits).map_err(invalid)?;
+            let cgroup = settings.cgroup.as_ref().map_err(|why| {
+                reply(
+                    ErrorCode::Unsupported,
+                    format!("resource limits need cgroups: {why}"),
+                )
+            })?;
+            Some((cgroup.clone(), *limits))
+        }
+        None => None,
+    };
 
     let machine_wide = |setting: &str| -> Result<(), ErrorReply> {
         if settings.vm {
@@ -134,6 +160,40 @@ pub fn apply(settings: &mut Settings, config: GuestConfig) -> Result<(), ErrorRe
     if let Some(env) = config.env {
         settings.env = env;
     }
+    if let Some((cgroup, limits)) = cgroup {
+        cgroup.apply(&limits).map_err(|error| {
+            // A missing file: the kernel has no such controller enabled.
+            let code = if error.error.kind() == std::io::ErrorKind::NotFound {
+                ErrorCode::Unsupported
+            } else {
+                ErrorCode::Internal
+            };
+            reply(
+                code,
+                format!(
+                    "setting the limits: writing {:?} to {}: {}",
+                    error.value,
+                    error.file.display(),
+                    error.error
+                ),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Each limit that is set must be one the kernel can take: no zero (which would stop
+/// everything), and a CPU quota of at least 1 ms per 100 ms period.
+fn check_limits(limits: &GuestLimits) -> Result<(), String> {
+    if limits.memory_bytes == Some(0) {
+        return Err("limits.memory_bytes must be at least 1".into());
+    }
+    if limits.pids == Some(0) {
+        return Err("limits.pids must be at least 1".into());
+    }
+    if limits.cpu_millis.is_some_and(|millis| millis < 10) {
+        return Err("limits.cpu_millis must be at least 10 (1 ms per 100 ms)".into());
+    }
     Ok(())
 }
 
@@ -156,6 +216,7 @@ mod tests {
             workspace: PathBuf::from("/nonexistent"),
             env: BTreeMap::new(),
             vm: false,
+            cgroup: Err(NO_CGROUPS_IN_TEST_MODE.into()),
         }
     }
 
@@ -185,6 +246,59 @@ mod tests {
             apply(&mut settings, too_much).unwrap_err().code,
             ErrorCode::InvalidRequest
         );
+    }
+
+    #[test]
+    fn limits_are_refused_without_cgroups_before_anything_is_applied() {
+        let mut settings = test_settings();
+        let config = GuestConfig {
+            env: Some(BTreeMap::from([("A".into(), "1".into())])),
+            limits: Some(GuestLimits {
+                memory_bytes: Some(64 << 20),
+                ..GuestLimits::default()
+            }),
+            ..GuestConfig::default()
+        };
+        let error = apply(&mut settings, config).unwrap_err();
+        assert_eq!(error.code, ErrorCode::Unsupported);
+        assert!(error.message.contains("cgroups"), "{}", error.message);
+        assert!(settings.env.is_empty(), "nothing was applied");
+        for bad in [
+            GuestLimits {
+                pids: Some(0),
+                ..GuestLimits::default()
+            },
+            GuestLimits {
+                cpu_millis: Some(9),
+                ..GuestLimits::default()
+            },
+        ] {
+            let config = GuestConfig {
+                limits: Some(bad),
+                ..GuestConfig::default()
+            };
+            let error = apply(&mut settings, config).unwrap_err();
+            assert_eq!(error.code, ErrorCode::InvalidRequest, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn limits_are_written_to_the_cgroup() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "memory pids cpu").unwrap();
+        let mut settings = test_settings();
+        settings.cgroup = Ok(Cgroup::set_up(root.path()).unwrap());
+        let config = GuestConfig {
+            limits: Some(GuestLimits {
+                pids: Some(64),
+                ..GuestLimits::default()
+            }),
+            ..GuestConfig::default()
+        };
+        apply(&mut settings, config).unwrap();
+        let read = |file: &str| std::fs::read_to_string(root.path().join("sandbox").join(file));
+        assert_eq!(read("pids.max").unwrap(), "64");
+        assert_eq!(read("memory.max").unwrap(), "max");
     }
 
     #[test]

@@ -68,7 +68,9 @@ pub struct Process {
     pub pid: i32,
     pub command: String,
     pub detached: bool,
-    /// The PTY master of a tty process (for resizes).
+    /// Runs on a terminal.
+    pub is_tty: bool,
+    /// The PTY master of a tty process (for resizes), until its output is closed.
     pub tty: Option<OwnedFd>,
     pub started_unix_ms: u64,
     pub stdin: Option<Stdin>,
@@ -78,6 +80,10 @@ pub struct Process {
     pub deadline: Option<Instant>,
     pub timed_out: bool,
     pub truncated: bool,
+    /// The sandbox cgroup's OOM kill count when it started (none without cgroups).
+    pub oom_kills_at_start: Option<u64>,
+    /// It did not exit 0, and that count went up while it ran.
+    pub oom_killed: bool,
     pub cap: u64,
     /// Not detached: the stream that started it, whose end kills it.
     pub stream: Option<StreamId>,
@@ -102,10 +108,14 @@ impl Process {
             signal,
             timed_out: self.timed_out,
             truncated: self.truncated,
+            oom_killed: self.oom_killed,
         })
     }
 
-    /// Of `read` bytes just read from output `index`, how many are kept under the cap.
+    /// Of `read` bytes just read from output `index`, how many are kept under the cap. An
+    /// output that passes its cap is closed, as under `| head -c <cap>`: the writer gets
+    /// EPIPE (or dies of SIGPIPE) instead of running on until its timeout; the other
+    /// output keeps flowing.
     pub fn keep(&mut self, index: usize, read: usize) -> usize {
         let output = &mut self.outputs[index];
         let allowed = self.cap.saturating_sub(output.taken);
@@ -113,11 +123,25 @@ impl Process {
         output.taken += kept as u64;
         if kept < read {
             self.truncated = true;
+            self.close_output(index);
         }
         kept
     }
 
-    /// Whether output `index` only drops what it reads (its cap is spent).
+    /// Closes output `index`. A terminal's output closes with every copy of its master
+    /// (the stdin and the one kept for resizes): the terminal hangs up, so its session
+    /// leader gets SIGHUP and writers get EIO.
+    fn close_output(&mut self, index: usize) {
+        self.outputs[index].fd = None;
+        if self.is_tty {
+            self.tty = None;
+            self.stdin = None;
+        }
+    }
+
+    /// Whether output `index` kept all its cap allows: what it reads next only tells
+    /// whether the cap is passed (closing it) or the output ends right there, so it is read
+    /// whatever room its stream has.
     pub fn discarding(&self, index: usize) -> bool {
         self.outputs[index].taken >= self.cap
     }
@@ -131,7 +155,7 @@ impl Process {
             process_id: self.process_id.clone(),
             command: shorten(&self.command, command_bytes),
             detached: self.detached,
-            tty: self.tty.is_some(),
+            tty: self.is_tty,
             exit: self.exit_status(),
             started_unix_ms: self.started_unix_ms,
         }
@@ -213,10 +237,16 @@ pub struct Launch<'a> {
     pub env: BTreeMap<String, String>,
     /// The working directory, resolved beneath the workspace (an `O_PATH` descriptor).
     pub cwd: OwnedFd,
+    /// `cgroup.procs` of the sandbox cgroup, which the child joins before it execs.
+    pub cgroup_procs: Option<OwnedFd>,
+    /// Set the child's `oom_score_adj` back to 0 (the agent's own is −1000 as PID 1).
+    pub reset_oom_score: bool,
+    /// The sandbox's OOM kill count just before the spawn.
+    pub oom_kills: Option<u64>,
 }
 
 /// Starts the command in its own process group (a tty one in its own session, with the
-/// PTY as controlling terminal).
+/// PTY as controlling terminal), in the sandbox cgroup when there is one.
 pub fn spawn(launch: Launch<'_>) -> Result<Process, ErrorReply> {
     let request = launch.request;
     let argv: Vec<String> = match &request.command {
@@ -233,6 +263,9 @@ pub fn spawn(launch: Launch<'_>) -> Result<Process, ErrorReply> {
     let mut command = std::process::Command::new(program);
     command.args(&argv[1..]).env_clear().envs(&launch.env);
     let cwd = launch.cwd.as_raw_fd();
+    let cgroup_procs = launch.cgroup_procs.as_ref().map(|fd| fd.as_raw_fd());
+    let reset_oom_score = launch.reset_oom_score;
+    let on_tty = request.tty.is_some();
     let master = match request.tty {
         None => {
             command
@@ -244,16 +277,6 @@ pub fn spawn(launch: Launch<'_>) -> Result<Process, ErrorReply> {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .process_group(0);
-            // SAFETY: fchdir is async-signal-safe and touches no memory of the parent; the
-            // descriptor stays open in the parent until spawn returns.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::fchdir(cwd) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
             None
         }
         Some(size) => {
@@ -268,29 +291,39 @@ pub fn spawn(launch: Launch<'_>) -> Result<Process, ErrorReply> {
                 .stdin(Stdio::from(clone(&terminal)?))
                 .stdout(Stdio::from(clone(&terminal)?))
                 .stderr(Stdio::from(terminal));
-            // SAFETY: setsid, ioctl and fchdir are async-signal-safe and touch no memory of
-            // the parent. After setsid the child has no controlling terminal; TIOCSCTTY on
-            // its stdin (the PTY) makes it the one.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::setsid() < 0
-                        || libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0
-                        || libc::fchdir(cwd) != 0
-                    {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
             Some(master)
         }
     };
+    // SAFETY: between fork and exec the child only makes async-signal-safe system calls
+    // (write, open, close, setsid, ioctl, fchdir) and touches no memory of the parent; the
+    // descriptors it uses stay open in the parent until spawn returns. It joins the
+    // sandbox cgroup first, so everything it runs is limited from its first instruction.
+    // On a terminal: after setsid the child has no controlling terminal; TIOCSCTTY on its
+    // stdin (the PTY) makes it the one.
+    unsafe {
+        command.pre_exec(move || {
+            if let Some(procs) = cgroup_procs {
+                sys::join_cgroup(procs)?;
+            }
+            if reset_oom_score {
+                sys::reset_oom_score_adj()?;
+            }
+            if on_tty && (libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0) {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::fchdir(cwd) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let spawned = command.spawn();
     // The command holds the terminal's other end: it must go, or the master never sees
     // the end of the output.
     drop(command);
     let mut child = spawned.map_err(|error| spawn_error(program, error))?;
     drop(launch.cwd);
+    drop(launch.cgroup_procs);
     let pid = child.id() as i32;
     let nonblocking = |fd: OwnedFd| -> OwnedFd {
         let _ = set_nonblocking(&fd);
@@ -355,6 +388,7 @@ pub fn spawn(launch: Launch<'_>) -> Result<Process, ErrorReply> {
         pid,
         command: display,
         detached: request.detached,
+        is_tty: tty.is_some(),
         tty,
         started_unix_ms: unix_ms(),
         stdin,
@@ -366,6 +400,8 @@ pub fn spawn(launch: Launch<'_>) -> Result<Process, ErrorReply> {
             .and_then(|timeout| now.checked_add(Duration::from_millis(timeout))),
         timed_out: false,
         truncated: false,
+        oom_kills_at_start: launch.oom_kills,
+        oom_killed: false,
         cap,
         stream: None,
         followers: Vec::new(),

@@ -9,6 +9,7 @@ use super::process::{self, Follower, Launch};
 use super::session::{Stream, MAX_STREAMS, WINDOW};
 use super::tunnel::Tunnel;
 use super::{configure, release, Server};
+use crate::cgroup::Cgroup;
 use crate::paths::{self, errno_reply, reply};
 
 impl Server {
@@ -137,10 +138,24 @@ impl Server {
             .map_err(|errno| errno_reply(errno, "opening the working directory", cwd_path))?;
         let env =
             process::compose_env(&self.settings.workspace_str(), &self.settings.env, &request)?;
+        let cgroup = self.settings.cgroup.as_ref().ok();
+        let cgroup_procs = cgroup
+            .map(|cgroup| {
+                cgroup.open_procs().map_err(|error| {
+                    reply(
+                        ErrorCode::Internal,
+                        format!("opening {}: {error}", cgroup.procs_path().display()),
+                    )
+                })
+            })
+            .transpose()?;
         let mut process = process::spawn(Launch {
             request: &request,
             env,
             cwd,
+            cgroup_procs,
+            reset_oom_score: self.settings.vm,
+            oom_kills: cgroup.and_then(Cgroup::oom_kills),
         })?;
         if process.detached {
             process.followers.push(Follower {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cthulu_guest_protocol::message::{Control, ErrorCode, GuestConfig, Request};
+use cthulu_guest_protocol::message::{Control, ErrorCode, GuestConfig, GuestLimits, Request};
 
 use crate::host::{argv, shell, Agent};
 
@@ -177,7 +177,7 @@ fn a_timeout_kills_the_whole_tree() {
 }
 
 #[test]
-fn output_beyond_the_cap_is_dropped_while_the_pipe_is_drained() {
+fn a_channel_past_its_cap_is_closed_and_the_other_keeps_flowing() {
     let agent = Agent::start();
     let host = agent.connect();
     let mut request = shell("cap", "head -c 5000000 /dev/zero; echo tail >&2; exit 3");
@@ -187,11 +187,42 @@ fn output_beyond_the_cap_is_dropped_while_the_pipe_is_drained() {
     assert_eq!(output.stderr(), "tail\n", "each channel has its own cap");
     let exit = output.exit();
     assert!(exit.truncated);
-    assert_eq!(
-        exit.code,
-        Some(3),
-        "the writer finished: the pipe was drained"
+    assert_eq!(exit.code, Some(3), "the shell goes on after head's SIGPIPE");
+}
+
+#[test]
+fn an_endless_writer_ends_at_the_cap() {
+    let agent = Agent::start();
+    let host = agent.connect();
+    let mut request = argv("yes", &["yes"]);
+    request.output_cap = Some(4096);
+    request.timeout_ms = Some(15_000);
+    let output = host.exec(request).unwrap();
+    assert_eq!(output.stdout, "y\n".repeat(2048).into_bytes());
+    let exit = output.exit();
+    assert!(exit.truncated && !exit.timed_out, "{exit:?}");
+    assert_eq!(exit.signal, Some(libc::SIGPIPE), "{exit:?}");
+
+    // stdout closed at the cap while stderr goes on, in the same process.
+    let mut request = shell(
+        "both",
+        "yes & for i in 1 2 3; do echo err$i >&2; sleep 0.1; done; wait; echo done >&2",
     );
+    request.output_cap = Some(4096);
+    request.timeout_ms = Some(15_000);
+    let output = host.exec(request).unwrap();
+    assert_eq!(output.stdout.len(), 4096);
+    assert_eq!(output.stderr(), "err1\nerr2\nerr3\ndone\n");
+    let exit = output.exit();
+    assert!(exit.truncated && !exit.timed_out, "{exit:?}");
+    assert_eq!(exit.code, Some(0));
+
+    // Exactly the cap is not past it.
+    let mut request = shell("exact", "head -c 4096 /dev/zero");
+    request.output_cap = Some(4096);
+    let output = host.exec(request).unwrap();
+    assert_eq!(output.stdout.len(), 4096);
+    assert!(!output.exit().truncated);
 }
 
 #[test]
@@ -222,4 +253,38 @@ fn a_missing_program_and_bad_process_ids_are_refused() {
         host.exec(argv("same", &["true"])).unwrap().exit().code,
         Some(0)
     );
+}
+
+#[test]
+fn limits_are_refused_in_test_mode_and_nothing_is_oom_killed() {
+    let agent = Agent::start();
+    let host = agent.connect();
+    let config = GuestConfig {
+        env: Some(BTreeMap::from([("A".to_string(), "set".to_string())])),
+        limits: Some(GuestLimits {
+            memory_bytes: Some(64 << 20),
+            pids: Some(64),
+            cpu_millis: Some(500),
+        }),
+        ..GuestConfig::default()
+    };
+    let error = host.request(Request::Configure(config)).unwrap_err();
+    assert_eq!(error.code, ErrorCode::Unsupported);
+    assert!(error.message.contains("cgroups"), "{}", error.message);
+    assert_eq!(
+        host.sh("echo ${A:-unset}").stdout(),
+        "unset\n",
+        "a refused config changes nothing"
+    );
+    // Without cgroups a SIGKILL is never an OOM kill.
+    let exit = host.sh("kill -KILL $$").exit();
+    assert_eq!(exit.signal, Some(libc::SIGKILL));
+    assert!(!exit.oom_killed);
+    // No limits at all is fine.
+    let config = GuestConfig {
+        env: Some(BTreeMap::from([("A".to_string(), "set".to_string())])),
+        ..GuestConfig::default()
+    };
+    host.request(Request::Configure(config)).unwrap();
+    assert_eq!(host.sh("echo ${A:-unset}").stdout(), "set\n");
 }

@@ -53,3 +53,20 @@ fn resizes_reach_the_terminal_and_ctrl_c_interrupts() {
     let exit = host.collect(stream).unwrap().exit();
     assert_eq!(exit.signal, Some(2), "{exit:?}");
 }
+
+#[test]
+fn an_endless_writer_on_a_terminal_ends_at_the_cap() {
+    let agent = Agent::start();
+    let host = agent.connect();
+    let mut request = argv("yes", &["yes"]);
+    request.tty = tty(24, 80);
+    request.output_cap = Some(4096);
+    request.timeout_ms = Some(15_000);
+    let output = host.exec(request).unwrap();
+    assert_eq!(output.stdout.len(), 4096);
+    assert!(output.stdout().starts_with("y\r\ny\r\n"));
+    let exit = output.exit();
+    assert!(exit.truncated && !exit.timed_out, "{exit:?}");
+    // The terminal hung up: its session leader got SIGHUP.
+    assert_eq!(exit.signal, Some(libc::SIGHUP), "{exit:?}");
+}

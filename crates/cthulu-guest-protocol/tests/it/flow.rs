@@ -215,6 +215,7 @@ fn a_flooding_exec_does_not_hold_up_another_stream() {
         signal: None,
         timed_out: false,
         truncated: false,
+        oom_killed: false,
     });
     connection
         .guest

@@ -3,7 +3,7 @@
 use cthulu_guest_protocol::frame::{Channel, Frame, FrameBody, StreamId, MAX_DATA_PAYLOAD};
 use cthulu_guest_protocol::message::{
     Command, Control, DirEntry, EntryKind, ErrorCode, ErrorReply, ExecRequest, ExitStatus,
-    GuestConfig, Hello, ProcessEntry, Request, Signal, TtySize,
+    GuestConfig, GuestLimits, Hello, ProcessEntry, Request, Signal, TtySize,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::option;
@@ -54,17 +54,21 @@ fn request() -> impl Strategy<Value = Request> {
         option::of("[0-9a-f]{0,16}"),
         option::of(text()),
         option::of(btree_map(text(), text(), 0..3)),
+        option::of(limits()),
     )
-        .prop_map(|(hostname, clock_unix_ms, entropy_hex, workspace, env)| {
-            Request::Configure(GuestConfig {
-                hostname,
-                clock_unix_ms,
-                entropy_hex,
-                machine_id: None,
-                workspace,
-                env,
-            })
-        });
+        .prop_map(
+            |(hostname, clock_unix_ms, entropy_hex, workspace, env, limits)| {
+                Request::Configure(GuestConfig {
+                    hostname,
+                    clock_unix_ms,
+                    entropy_hex,
+                    machine_id: None,
+                    workspace,
+                    env,
+                    limits,
+                })
+            },
+        );
     prop_oneof![
         exec,
         (text(), any::<u32>(), any::<u64>(), any::<bool>()).prop_map(
@@ -88,6 +92,19 @@ fn request() -> impl Strategy<Value = Request> {
     ]
 }
 
+fn limits() -> impl Strategy<Value = GuestLimits> {
+    (
+        option::of(any::<u64>()),
+        option::of(any::<u64>()),
+        option::of(any::<u32>()),
+    )
+        .prop_map(|(memory_bytes, pids, cpu_millis)| GuestLimits {
+            memory_bytes,
+            pids,
+            cpu_millis,
+        })
+}
+
 fn signal() -> impl Strategy<Value = Signal> {
     prop_oneof![
         Just(Signal::Hup),
@@ -104,13 +121,17 @@ fn exit_status() -> impl Strategy<Value = ExitStatus> {
         option::of(any::<i32>()),
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(code, signal, timed_out, truncated)| ExitStatus {
-            code,
-            signal,
-            timed_out,
-            truncated,
-        })
+        .prop_map(
+            |(code, signal, timed_out, truncated, oom_killed)| ExitStatus {
+                code,
+                signal,
+                timed_out,
+                truncated,
+                oom_killed,
+            },
+        )
 }
 
 fn control() -> impl Strategy<Value = Control> {
