@@ -9,6 +9,8 @@ use cthulu_core::{SandboxError, SandboxHandle, SandboxProvider, SandboxSpec};
 use cthulu_host::handles::Handles;
 use cthulu_types::{BackendInfo, BackendKind, LimitSupport, NetworkMode, SandboxId, SandboxStatus};
 
+use cthulu_guest_protocol::message::GuestLimits;
+
 use crate::pool::Pool;
 use crate::qemu::{self, Qemu};
 use crate::sandbox::{capabilities, clone_machine, vm_failure, VmSandbox};
@@ -163,28 +165,24 @@ impl QemuProvider {
     ) -> Result<(VmState, crate::client::GuestClient), SandboxError> {
         let qemu = self.qemu()?;
         let resources = &spec.resources;
-        for (given, name) in [
-            (resources.cpus.is_some(), "cpus"),
-            (resources.pids.is_some(), "pids"),
-            (resources.disk_mb.is_some(), "disk"),
-        ] {
-            if given {
-                return Err(SandboxError::Unsupported {
-                    backend: BackendKind::Qemu,
-                    operation: "limit",
-                    reason: format!(
-                        "a microVM is limited by its size (memory, vcpus); a {name} limit is not enforced inside it yet"
-                    ),
-                });
-            }
+        if resources.disk_mb.is_some() {
+            return Err(SandboxError::Unsupported {
+                backend: BackendKind::Qemu,
+                operation: "limit",
+                reason: "the files of an initramfs image live in the guest's RAM: its memory \
+                         limit bounds them; a disk limit needs a root disk image"
+                    .into(),
+            });
         }
+        // The VM is at least the default size; a smaller memory limit is the guest
+        // cgroup's, so small sandboxes share the default template (and warm VMs).
         let memory_mib = match resources.memory_mb {
             None => DEFAULT_MEMORY_MIB,
-            Some(mb) if (64..=65536).contains(&mb) => mb as u32,
+            Some(mb) if (16..=65536).contains(&mb) => (mb as u32).max(DEFAULT_MEMORY_MIB),
             Some(_) => {
                 return Err(SandboxError::invalid(
                     "resources.memory_mb",
-                    "a microVM needs between 64 and 65536 MB",
+                    "a microVM sandbox takes between 16 and 65536 MB",
                 ))
             }
         };
@@ -193,6 +191,25 @@ impl QemuProvider {
             Some(count) if (1..=64).contains(&count) => count,
             Some(_) => return Err(SandboxError::invalid("resources.vcpus", "between 1 and 64")),
         };
+        let cpu_millis = match resources.cpus {
+            None => None,
+            Some(cpus) if cpus >= 0.01 && cpus <= f64::from(vcpus) => {
+                Some((cpus * 1000.0).round() as u32)
+            }
+            Some(_) => {
+                return Err(SandboxError::invalid(
+                    "resources.cpus",
+                    format!("between 0.01 and the VM's {vcpus} vCPUs"),
+                ))
+            }
+        };
+        let limits =
+            (resources.memory_mb.is_some() || resources.pids.is_some() || cpu_millis.is_some())
+                .then_some(GuestLimits {
+                    memory_bytes: resources.memory_mb.map(|mb| mb * 1024 * 1024),
+                    pids: resources.pids,
+                    cpu_millis,
+                });
         let network = spec.network == NetworkMode::Full;
         let image = (self.images)(spec.image.as_deref()).map_err(|reason| {
             SandboxError::BackendUnavailable {
@@ -225,7 +242,7 @@ impl QemuProvider {
                 .save(dir)
                 .map_err(|error| SandboxError::io("write", dir.join("state.json"), error))?;
             self.pool.refill();
-            VmSandbox::configure(&spare.client, sandbox_id, &spec.env, true).await?;
+            VmSandbox::configure(&spare.client, sandbox_id, &spec.env, true, limits).await?;
             state.status = SandboxStatus::Running;
             state
                 .save(dir)
@@ -253,7 +270,7 @@ impl QemuProvider {
         }
         .await
         .map_err(vm_failure("start the VM from its template"))?;
-        VmSandbox::configure(&client, sandbox_id, &spec.env, true).await?;
+        VmSandbox::configure(&client, sandbox_id, &spec.env, true, limits).await?;
         tracing::debug!(elapsed = ?t0.elapsed(), "clone: configure done");
         state.status = SandboxStatus::Running;
         state

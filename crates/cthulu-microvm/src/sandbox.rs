@@ -10,7 +10,7 @@ use cthulu_core::{
     ByteReader, ExecOutput, ExecSpec, ExecStream, FileDownload, PutOptions, SandboxError,
     SandboxHandle,
 };
-use cthulu_guest_protocol::message::{Control, GuestConfig, ProcessEntry, Request};
+use cthulu_guest_protocol::message::{Control, GuestConfig, GuestLimits, ProcessEntry, Request};
 use cthulu_host::ports::{self, change_and_save, Connector, Duplex, Forwarders, PortSandbox};
 use cthulu_types::sandbox::Operation;
 use cthulu_types::{
@@ -203,12 +203,15 @@ impl VmSandbox {
         let _ = self.save_state(&snapshot);
     }
 
-    /// Identity, clock and environment of the guest: after every boot and restore.
+    /// Identity, clock and environment of the guest: after every boot and restore. The
+    /// identity (hostname, machine id) and the limits are set on a new sandbox only; a
+    /// restore brings back those the checkpoint had.
     pub(crate) async fn configure(
         client: &GuestClient,
         sandbox_id: &SandboxId,
         env: &std::collections::BTreeMap<String, String>,
         identity: bool,
+        limits: Option<GuestLimits>,
     ) -> Result<(), SandboxError> {
         let random = |count: usize| {
             let mut bytes = vec![0u8; count];
@@ -225,7 +228,7 @@ impl VmSandbox {
             machine_id: identity.then(|| random(16)),
             workspace: Some(guest::WORKSPACE.into()),
             env: Some(env.clone()),
-            limits: None,
+            limits,
         };
         client
             .call(Request::Configure(config))
@@ -271,7 +274,7 @@ impl VmSandbox {
         .await;
         match result {
             Ok((qmp, client)) => {
-                Self::configure(&client, &self.sandbox_id, &state.env, false).await?;
+                Self::configure(&client, &self.sandbox_id, &state.env, false, None).await?;
                 *self.qmp.lock().await = Some(qmp);
                 *self.agent.lock().await = Some(client);
                 let mut saved = self.lock();
@@ -645,7 +648,7 @@ impl SandboxHandle for VmSandbox {
         // The guest's clock stood still while it was stopped.
         if let Ok(client) = self.client().await {
             let env = self.lock().env.clone();
-            let _ = Self::configure(&client, &self.sandbox_id, &env, false).await;
+            let _ = Self::configure(&client, &self.sandbox_id, &env, false, None).await;
         }
         Ok(())
     }
