@@ -71,6 +71,13 @@ pub fn run() -> ! {
         log!("setting up the sandbox cgroup: {error}; resource limits are unsupported");
         format!("setting up the sandbox cgroup failed: {error}")
     });
+    // Allocations succeed as on a host (whose RAM dwarfs a sandbox's limit): a program
+    // over its memory limit meets the cgroup's OOM killer, reported as `oom_killed`,
+    // rather than a refused allocation the VM's small RAM would cause under the
+    // kernel's default heuristic.
+    if let Err(error) = std::fs::write("/proc/sys/vm/overcommit_memory", "1") {
+        log!("allowing memory overcommit: {error}");
+    }
     // Inherited by the server; its children set theirs back to 0 before they exec.
     if let Err(error) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
         log!("protecting the agent from the OOM killer: {error}");
