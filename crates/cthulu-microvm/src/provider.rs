@@ -228,6 +228,19 @@ impl QemuProvider {
             .get(&qemu, &image, &key)
             .await
             .map_err(vm_failure("make the VM template"))?;
+        if template.boot.is_some() {
+            // A new template: those of older images nobody here uses can go.
+            let in_use: Vec<String> = fs_err::read_dir(self.sandboxes())
+                .map(|entries| {
+                    entries
+                        .filter_map(|entry| Some(VmState::load(&entry.ok()?.path()).ok()?.template))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for removed in self.templates.prune(&image.version, &in_use) {
+                tracing::info!(template = %removed, "removed the template of an older image");
+            }
+        }
         let mut state = VmState::new(sandbox_id.clone(), spec.env.clone());
         state.memory_mib = memory_mib;
         state.vcpus = vcpus;
