@@ -545,12 +545,13 @@ pub async fn tunnel(
     Some(Box::new(near))
 }
 
-/// Moves bytes between a guest stream and one end of a local pipe until both are done.
+/// Moves bytes between a guest stream and one end of a local pipe until both directions
+/// are done (then the stream is finished, so nothing holds the connection open).
 async fn pump(mut stream: GuestStream, local: tokio::io::DuplexStream) {
     let (mut local_read, mut local_write) = tokio::io::split(local);
     let mut buffer = vec![0u8; 64 * 1024];
-    let mut local_open = true;
-    loop {
+    let (mut local_open, mut remote_open) = (true, true);
+    while local_open || remote_open {
         tokio::select! {
             read = local_read.read(&mut buffer), if local_open => match read {
                 Ok(0) | Err(_) => {
@@ -561,20 +562,18 @@ async fn pump(mut stream: GuestStream, local: tokio::io::DuplexStream) {
                     if stream.send(buffer[..read].to_vec()).await.is_err() { return; }
                 }
             },
-            event = stream.next() => match event {
+            event = stream.next(), if remote_open => match event {
                 StreamEvent::Data { bytes, .. } => {
                     if local_write.write_all(&bytes).await.is_err() { return; }
                 }
                 StreamEvent::Closed => {
+                    remote_open = false;
                     let _ = local_write.shutdown().await;
-                    if !local_open {
-                        stream.finish();
-                        return;
-                    }
                 }
                 StreamEvent::Control(_) => {}
                 StreamEvent::Reset(_) | StreamEvent::Disconnected(_) => return,
             },
         }
     }
+    stream.finish();
 }

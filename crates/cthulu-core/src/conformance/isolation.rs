@@ -69,23 +69,32 @@ pub async fn host_processes_are_invisible_and_unsignalable(sandbox: Sandbox) -> 
 /// of its own loopback) are unreachable. Sandboxes have no address the API names, so the
 /// other sandbox is probed where a shared network would put it: 127.0.0.1.
 pub async fn host_loopback_and_other_sandboxes_are_unreachable(sandbox: Sandbox) -> Outcome {
-    if sandbox
-        .sh("command -v python3 || echo missing")
-        .await?
-        .trim()
-        == "missing"
-    {
-        return Err(sandbox.skip("needs python3 in the sandbox to open connections"));
-    }
+    // python3 where there is one; busybox's nc in a microVM's busybox image.
+    let tool = sandbox
+        .sh("command -v python3 >/dev/null && echo python3 || { busybox nc --help >/dev/null 2>&1 && echo nc; } || echo missing")
+        .await?;
+    let python = match tool.trim() {
+        "python3" => true,
+        "nc" => false,
+        _ => {
+            return Err(
+                sandbox.skip("needs python3 or busybox nc in the sandbox to open connections")
+            )
+        }
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("listening on the host loopback")?;
     let port = listener.local_addr().context("local_addr")?.port();
-    let probe = format!(
-        "python3 -c \"import socket; \
-         socket.create_connection(('127.0.0.1', {port}), timeout=5); print('connected')\" \
-         2>/dev/null; true"
-    );
+    let probe = if python {
+        format!(
+            "python3 -c \"import socket; \
+             socket.create_connection(('127.0.0.1', {port}), timeout=5); print('connected')\" \
+             2>/dev/null; true"
+        )
+    } else {
+        format!("busybox nc -w 5 127.0.0.1 {port} </dev/null 2>/dev/null && echo connected; true")
+    };
     let output = sandbox.exec(ExecSpec::shell(probe.clone())).await?;
     let accepted = tokio::time::timeout(Duration::from_millis(500), listener.accept()).await;
     assert!(
@@ -94,10 +103,14 @@ pub async fn host_loopback_and_other_sandboxes_are_unreachable(sandbox: Sandbox)
     );
 
     let other = sandbox.provision_another(SandboxSpec::default()).await?;
-    let mut server = ExecSpec::shell(format!(
-        "exec python3 -c \"import socket; s=socket.socket(); s.bind(('0.0.0.0', {port})); \
-         s.listen(); print('listening', flush=True); c, _ = s.accept(); print('accepted')\""
-    ));
+    let mut server = ExecSpec::shell(if python {
+        format!(
+            "exec python3 -c \"import socket; s=socket.socket(); s.bind(('0.0.0.0', {port})); \
+             s.listen(); print('listening', flush=True); c, _ = s.accept(); print('accepted')\""
+        )
+    } else {
+        format!("echo listening; busybox nc -l -p {port} </dev/null >/dev/null && echo accepted")
+    });
     server.timeout = Duration::from_secs(30);
     let serving = tokio::spawn(async move { exec_on(&other, server).await });
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -28,22 +28,32 @@ async fn require_ports(sandbox: &Sandbox) -> Outcome {
     Err(sandbox.expect_unsupported("ports", result))
 }
 
-/// Starts `python3 -m http.server port` serving `www/` with a token file; returns the
-/// stream (the server lives as long as it, unless `detach`) and the token.
+/// Starts `python3 -m http.server port` (or, where there is no python3, as in a microVM's
+/// busybox image, `busybox httpd`) serving `www/` with a token file; returns the stream
+/// (the server lives as long as it, unless `detach`) and the token.
 async fn start_server(
     sandbox: &Sandbox,
     port: u16,
     detach: bool,
 ) -> Result<(Watched, String), ScenarioError> {
-    let found = sandbox.sh("command -v python3 || echo missing").await?;
-    if found.trim() == "missing" {
-        return Err(sandbox.skip("needs python3 in the sandbox to run an HTTP server"));
-    }
+    let found = sandbox
+        .sh("command -v python3 || { busybox httpd --help >/dev/null 2>&1 && echo busybox; } || echo missing")
+        .await?;
+    let command = match found.trim() {
+        "missing" => {
+            return Err(
+                sandbox.skip("needs python3 or busybox httpd in the sandbox to run an HTTP server")
+            )
+        }
+        // It prints nothing when it listens; `expose` retries until it does.
+        "busybox" => format!("echo 'Serving HTTP'; exec busybox httpd -f -p {port} -h ."),
+        _ => format!("exec python3 -u -m http.server {port} 2>&1"),
+    };
     let token = format!("token-{}", sandbox.id());
     sandbox
         .sh(&format!("mkdir -p www && printf '{token}' > www/token.txt"))
         .await?;
-    let mut spec = ExecSpec::shell(format!("exec python3 -u -m http.server {port} 2>&1"));
+    let mut spec = ExecSpec::shell(command);
     spec.cwd = Some("www".into());
     spec.detach = detach;
     let mut stream = start(sandbox, spec).await?;
