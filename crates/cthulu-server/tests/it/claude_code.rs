@@ -76,9 +76,7 @@ async fn claude_code_starts_inside_a_sandbox() {
         )
         .await;
     // Destroyed before asserting, so a failure leaves no sandbox running.
-    let (deleted, _) = api
-        .delete(&format!("/api/v1/sandboxes/{sandbox_id}"))
-        .await;
+    let (deleted, _) = api.delete(&format!("/api/v1/sandboxes/{sandbox_id}")).await;
     assert_eq!(deleted, 204);
     assert_eq!(status, 200, "{result}");
     assert_eq!(result["exit_code"], 0, "{backend}: {result}");
