@@ -26,6 +26,9 @@ pub struct SandboxSpec {
     pub network: NetworkMode,
     #[serde(default)]
     pub image: Option<String>,
+    /// `<sandbox id>/<checkpoint>`: a memory checkpoint to start from (backends that can).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_checkpoint: Option<String>,
 }
 
 impl SandboxSpec {
@@ -37,6 +40,7 @@ impl SandboxSpec {
             resources: request.resources.clone(),
             network: request.network,
             image: request.image.clone(),
+            from_checkpoint: request.from_checkpoint.clone(),
         })
     }
 }

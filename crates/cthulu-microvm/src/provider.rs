@@ -164,6 +164,11 @@ impl QemuProvider {
         dir: &Path,
     ) -> Result<(VmState, crate::client::GuestClient), SandboxError> {
         let qemu = self.qemu()?;
+        if let Some(source) = &spec.from_checkpoint {
+            return self
+                .make_from_checkpoint(&qemu, sandbox_id, spec, source, dir)
+                .await;
+        }
         let resources = &spec.resources;
         if resources.disk_mb.is_some() {
             return Err(SandboxError::Unsupported {
@@ -285,6 +290,126 @@ impl QemuProvider {
         .map_err(vm_failure("start the VM from its template"))?;
         VmSandbox::configure(&client, sandbox_id, &spec.env, true, limits).await?;
         tracing::debug!(elapsed = ?t0.elapsed(), "clone: configure done");
+        state.status = SandboxStatus::Running;
+        state
+            .save(dir)
+            .map_err(|error| SandboxError::io("write", dir.join("state.json"), error))?;
+        Ok((state, client))
+    }
+}
+
+impl QemuProvider {
+    /// A new sandbox from another one's memory checkpoint (`<sandbox id>/<checkpoint>`):
+    /// the same template RAM under the checkpoint's state, then its own identity. The
+    /// request may not ask for another size, network or image than the checkpoint's VM had.
+    async fn make_from_checkpoint(
+        &self,
+        qemu: &Arc<Qemu>,
+        sandbox_id: &SandboxId,
+        spec: &SandboxSpec,
+        source: &str,
+        dir: &Path,
+    ) -> Result<(VmState, crate::client::GuestClient), SandboxError> {
+        let invalid = |message: String| SandboxError::invalid("from_checkpoint", message);
+        let (source_id, checkpoint) = source
+            .split_once('/')
+            .ok_or_else(|| invalid(format!("{source:?} is not <sandbox id>/<checkpoint>")))?;
+        let source_id = SandboxId::parse(source_id)
+            .map_err(|_| invalid(format!("{source_id:?} is not a sandbox id")))?;
+        let source_dir = self.sandbox_dir(&source_id);
+        let source_state =
+            VmState::load(&source_dir).map_err(|_| SandboxError::SandboxNotFound {
+                sandbox_id: source_id.clone(),
+            })?;
+        let found = source_state
+            .checkpoints
+            .iter()
+            .find(|found| found.id == checkpoint || found.name.as_deref() == Some(checkpoint))
+            .ok_or_else(|| SandboxError::CheckpointNotFound {
+                checkpoint: checkpoint.to_string(),
+            })?;
+        if !found.memory {
+            return Err(invalid(format!(
+                "checkpoint {checkpoint} of {source_id} holds files only; a new VM starts from a \
+                 checkpoint taken with memory (`cthulu sandbox checkpoint --memory`)"
+            )));
+        }
+        let resources = &spec.resources;
+        let size_differs = resources
+            .memory_mb
+            .is_some_and(|mb| (mb as u32).max(DEFAULT_MEMORY_MIB) != source_state.memory_mib)
+            || resources
+                .vcpus
+                .is_some_and(|vcpus| vcpus != source_state.vcpus)
+            || (spec.network == NetworkMode::Full && !source_state.network);
+        if size_differs
+            || resources.pids.is_some()
+            || resources.cpus.is_some()
+            || resources.disk_mb.is_some()
+        {
+            return Err(invalid(format!(
+                "the checkpoint is of a {} MiB, {} vCPU VM{}: a sandbox started from it has that \
+                 size and network, and the checkpoint's limits (ask for nothing else)",
+                source_state.memory_mib,
+                source_state.vcpus,
+                if source_state.network {
+                    " with network"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let image = (self.images)(spec.image.as_deref()).ok();
+        if spec.image.is_some()
+            && image.as_ref().map(|image| &image.version) != Some(&source_state.image_version)
+        {
+            return Err(invalid(format!(
+                "the checkpoint was taken on image version {}, not on the image asked for",
+                source_state.image_version
+            )));
+        }
+        let template_dir = self.templates.root().join(&source_state.template);
+        if !template_dir.join(crate::template::RAM_FILE).is_file() {
+            return Err(invalid(format!(
+                "the template the checkpoint's VM was made from ({}) is gone: its memory cannot \
+                 be rebuilt",
+                source_state.template
+            )));
+        }
+        let vmstate = source_dir
+            .join("checkpoints")
+            .join(&found.id)
+            .join("vmstate");
+        let mut state = VmState::new(sandbox_id.clone(), {
+            let mut env = source_state.env.clone();
+            env.extend(spec.env.clone());
+            env
+        });
+        state.memory_mib = source_state.memory_mib;
+        state.vcpus = source_state.vcpus;
+        state.network = source_state.network;
+        state.image_version = source_state.image_version.clone();
+        state.template = source_state.template.clone();
+        fs_err::create_dir_all(dir).map_err(|error| SandboxError::io("create", dir, error))?;
+        state
+            .save(dir)
+            .map_err(|error| SandboxError::io("write", dir.join("state.json"), error))?;
+        let machine = clone_machine(dir, &template_dir, &state);
+        let vm = Vm::launch(qemu, &machine)
+            .await
+            .map_err(vm_failure("start QEMU"))?;
+        state.pid = vm.pid;
+        state
+            .save(dir)
+            .map_err(|error| SandboxError::io("write", dir.join("state.json"), error))?;
+        let client = async {
+            let mut qmp = vm.qmp().await?;
+            vm.load(&mut qmp, &vmstate).await?;
+            vm.connect_agent(RESTORE_TIMEOUT).await
+        }
+        .await
+        .map_err(vm_failure("start the VM from the checkpoint"))?;
+        VmSandbox::configure(&client, sandbox_id, &state.env, true, None).await?;
         state.status = SandboxStatus::Running;
         state
             .save(dir)

@@ -9,8 +9,8 @@ use std::time::Duration;
 use cthulu_core::{SandboxError, SandboxHandle, SandboxProvider, SandboxSpec};
 use cthulu_types::sandbox::Operation;
 use cthulu_types::{
-    BackendInfo, BackendKind, Capabilities, CreateSandboxRequest, ErrorCode, SandboxId,
-    SandboxStatus, UpdateSandboxRequest,
+    BackendInfo, BackendKind, Capabilities, CheckpointSupport, CreateSandboxRequest, ErrorCode,
+    SandboxId, SandboxStatus, UpdateSandboxRequest,
 };
 
 use crate::db::{Database, SandboxRecord};
@@ -167,6 +167,17 @@ impl AppState {
         let backend = request.backend.unwrap_or(self.default_backend);
         let provider = self.provider(backend)?.clone();
         let spec = SandboxSpec::from_request(request)?;
+        if spec.from_checkpoint.is_some()
+            && provider.info().capabilities.checkpoint != CheckpointSupport::FilesystemAndMemory
+        {
+            return Err(SandboxError::Unsupported {
+                backend,
+                operation: "from_checkpoint",
+                reason: "only a backend with memory checkpoints (qemu) starts a sandbox from one"
+                    .into(),
+            }
+            .into());
+        }
         let now = cthulu_types::now_ms();
         let mut record = SandboxRecord {
             id: SandboxId::generate(),

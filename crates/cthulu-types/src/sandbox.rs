@@ -264,6 +264,11 @@ pub struct CreateSandboxRequest {
     /// Image or rootfs, for the backends that use one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Start from a memory checkpoint of another sandbox of the same backend instead of
+    /// from scratch: `<sandbox id>/<checkpoint id or name>` (qemu backend). The new
+    /// sandbox has that moment's processes and files, and its own identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_checkpoint: Option<String>,
 }
 
 /// `PATCH /api/v1/sandboxes/{id}`: change labels or the lifetime of a running sandbox.

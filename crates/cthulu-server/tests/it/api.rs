@@ -404,3 +404,26 @@ async fn info_health_metrics_and_status_page() {
     assert_eq!(status, 200);
     assert!(page.as_str().unwrap().contains("<h1>Cthulu"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn starting_from_a_checkpoint_needs_a_backend_with_memory_checkpoints() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server);
+    let (status, body) = api
+        .post(
+            "/api/v1/sandboxes",
+            json!({"backend": "host", "from_checkpoint": "abc/snap"}),
+        )
+        .await;
+    assert_eq!(status, 501, "{body}");
+    assert_eq!(code(&body), "unsupported", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("memory checkpoints"),
+        "{body}"
+    );
+    let (_, listed) = api.get("/api/v1/sandboxes").await;
+    assert_eq!(listed["sandboxes"].as_array().unwrap().len(), 0, "{listed}");
+}

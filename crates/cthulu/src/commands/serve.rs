@@ -26,7 +26,7 @@ pub struct ServeArgs {
     pub warm_sandboxes: usize,
     /// MicroVMs of the default shape (qemu backend) kept started ahead of demand, so a
     /// create takes one instead of starting QEMU (about 100 MiB each; 0 disables)
-    #[arg(long, default_value_t = cthulu_server::DEFAULT_WARM_VMS)]
+    #[arg(long, env = "CTHULU_WARM_VMS", default_value_t = cthulu_server::DEFAULT_WARM_VMS)]
     pub warm_vms: usize,
     /// Agent definitions (a JSON array, docs/api.md) added to the built-in ones
     /// [default: $CTHULU_HOME/agents.json when it exists]

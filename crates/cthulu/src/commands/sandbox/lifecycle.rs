@@ -54,6 +54,9 @@ pub struct CreateArgs {
     /// Image or rootfs, for the backends that use one
     #[arg(long)]
     pub image: Option<String>,
+    /// Start from another sandbox's memory checkpoint: SANDBOX/CHECKPOINT (qemu)
+    #[arg(long, value_name = "SANDBOX/CHECKPOINT")]
+    pub from_checkpoint: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,6 +108,7 @@ pub async fn create(client: &CthuluClient, json: bool, args: CreateArgs) -> anyh
         },
         network: args.network,
         image: args.image,
+        from_checkpoint: args.from_checkpoint,
     };
     let sandbox = client
         .create_sandbox(&request)
