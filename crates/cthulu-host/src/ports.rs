@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cthulu_core::SandboxError;
 use cthulu_types::sandbox::Operation;
-use cthulu_types::{ExposedPort, SandboxId};
+use cthulu_types::{ExposedPort, SandboxId, SandboxStatus};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -91,6 +91,33 @@ pub fn change_and_save<R>(
         }
     }
     Ok(result)
+}
+
+/// The body of every backend's [`PortSandbox::with_ports`]: checks `status` against
+/// `operation` (`None`: the sandbox only has to exist), hands `change` the records that
+/// `ports` finds in `state`, and when they changed saves a copy of `state` holding the
+/// new ones (undoing the change when saving fails).
+pub fn update_ports<S: Clone, R>(
+    state: &mut S,
+    status: SandboxStatus,
+    operation: Option<Operation>,
+    ports: fn(&mut S) -> &mut Vec<ExposedPort>,
+    forwarders: &mut Forwarders,
+    change: impl FnOnce(&mut Vec<ExposedPort>, &mut Forwarders) -> R,
+    save: impl FnOnce(&S) -> Result<(), SandboxError>,
+) -> Result<R, SandboxError> {
+    match operation {
+        Some(operation) => status.check(operation)?,
+        None => status.check_exists()?,
+    }
+    let mut records = std::mem::take(ports(state));
+    let result = change_and_save(&mut records, forwarders, change, |records| {
+        let mut saved = state.clone();
+        *ports(&mut saved) = records.to_vec();
+        save(&saved)
+    });
+    *ports(state) = records;
+    result
 }
 
 /// The address of a forwarder, as the API shows it.
@@ -256,20 +283,17 @@ impl PortSandbox for HostSandbox {
         change: impl FnOnce(&mut Vec<ExposedPort>, &mut Forwarders) -> R,
     ) -> Result<R, SandboxError> {
         let mut inner = self.lock();
-        match operation {
-            Some(operation) => inner.check(operation)?,
-            None => inner.check_exists()?,
-        }
+        let status = inner.status();
         let inner = &mut *inner;
-        let (state, forwarders) = (&mut inner.state, &mut inner.forwarders);
-        let mut records = std::mem::take(&mut state.ports);
-        let result = change_and_save(&mut records, forwarders, change, |records| {
-            let mut saved = state.clone();
-            saved.ports = records.to_vec();
-            self.persist_state(&saved)
-        });
-        state.ports = records;
-        result
+        update_ports(
+            &mut inner.state,
+            status,
+            operation,
+            |state| &mut state.ports,
+            &mut inner.forwarders,
+            change,
+            |saved| self.persist_state(saved),
+        )
     }
 }
 

@@ -11,7 +11,7 @@ use cthulu_core::{
     SandboxHandle,
 };
 use cthulu_guest_protocol::message::{Control, GuestConfig, GuestLimits, ProcessEntry, Request};
-use cthulu_host::ports::{self, change_and_save, Connector, Duplex, Forwarders, PortSandbox};
+use cthulu_host::ports::{self, update_ports, Connector, Duplex, Forwarders, PortSandbox};
 use cthulu_types::sandbox::Operation;
 use cthulu_types::{
     BackendKind, Capabilities, Checkpoint, CheckpointRequest, DirEntry, ExposedPort, ProcessInfo,
@@ -735,23 +735,19 @@ impl PortSandbox for VmSandbox {
         change: impl FnOnce(&mut Vec<ExposedPort>, &mut Forwarders) -> R,
     ) -> Result<R, SandboxError> {
         let mut state = self.lock();
-        match operation {
-            Some(operation) => state.status.check(operation)?,
-            None => state.status.check_exists()?,
-        }
+        let status = state.status;
         let mut forwarders = self
             .forwarders
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut records = std::mem::take(&mut state.ports);
-        let result = change_and_save(&mut records, &mut forwarders, change, |records| {
-            let mut snapshot = state.clone();
-            snapshot.ports = records.to_vec();
-            snapshot
-                .save(&self.dir)
-                .map_err(|error| SandboxError::io("write", self.dir.join("state.json"), error))
-        });
-        state.ports = records;
-        result
+        update_ports(
+            &mut *state,
+            status,
+            operation,
+            |state| &mut state.ports,
+            &mut forwarders,
+            change,
+            |saved| self.save_state(saved),
+        )
     }
 }

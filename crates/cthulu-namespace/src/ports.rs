@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use cthulu_core::SandboxError;
 use cthulu_host::ports::{
-    change_and_save, Connector, Duplex, Forwarders, PortSandbox, CONNECT_TIMEOUT,
+    update_ports, Connector, Duplex, Forwarders, PortSandbox, CONNECT_TIMEOUT,
 };
 use cthulu_types::sandbox::Operation;
 use cthulu_types::{ExposedPort, SandboxId};
@@ -91,18 +91,16 @@ impl PortSandbox for NamespaceSandbox {
         change: impl FnOnce(&mut Vec<ExposedPort>, &mut Forwarders) -> R,
     ) -> Result<R, SandboxError> {
         let mut state = self.lock();
-        match operation {
-            Some(operation) => state.status.check(operation)?,
-            None => state.status.check_exists()?,
-        }
+        let status = state.status;
         let mut forwarders = self.forwarders();
-        let mut records = std::mem::take(&mut state.ports);
-        let result = change_and_save(&mut records, &mut forwarders, change, |records| {
-            let mut saved = state.clone();
-            saved.ports = records.to_vec();
-            self.save_state(&saved)
-        });
-        state.ports = records;
-        result
+        update_ports(
+            &mut *state,
+            status,
+            operation,
+            |state| &mut state.ports,
+            &mut forwarders,
+            change,
+            |saved| self.save_state(saved),
+        )
     }
 }
