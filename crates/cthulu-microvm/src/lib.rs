@@ -22,3 +22,12 @@ pub mod vm;
 pub use provider::{image_resolver, ImageResolver, QemuConfig, QemuProvider};
 pub use sandbox::VmSandbox;
 pub use template::GuestImage;
+
+/// `count` random bytes as lowercase hex (process ids, machine ids, entropy, names).
+pub(crate) fn random_hex(count: usize) -> String {
+    let mut bytes = vec![0u8; count];
+    // Without the kernel's randomness the values are only less unique, never unsafe:
+    // identity and entropy for guests come from here, keys do not.
+    let _ = getrandom::fill(&mut bytes);
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}

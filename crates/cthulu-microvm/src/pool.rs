@@ -20,7 +20,7 @@ use crate::qemu::{self, Qemu};
 use crate::sandbox::machine_of;
 use crate::state::VmState;
 use crate::template::{TemplateKey, Templates};
-use crate::vm::{Vm, VmError, RESTORE_TIMEOUT};
+use crate::vm::{Vm, VmError};
 
 /// A started clone of the default template, waiting for a sandbox.
 pub(crate) struct Spare {
@@ -133,7 +133,7 @@ impl Pool {
             network: false,
         };
         let template = self.templates.get(qemu, &image, &key).await?;
-        let dir = self.vms.join(format!("spare-{}", random_id()));
+        let dir = self.vms.join(format!("spare-{}", crate::random_hex(8)));
         fs_err::create_dir_all(&dir)?;
         let made = async {
             let machine = machine_of(
@@ -143,30 +143,17 @@ impl Pool {
                 DEFAULT_VCPUS,
                 false,
             );
-            let vm = Vm::launch(qemu, &machine).await?;
-            let started = async {
-                let mut qmp = vm.qmp().await?;
-                vm.load(&mut qmp, &template.state).await?;
-                let client = vm.connect_agent(RESTORE_TIMEOUT).await?;
-                // Run what a first create runs, so its code is translated already.
-                let mut warm_up = ExecSpec::shell("true");
-                warm_up.timeout = std::time::Duration::from_secs(30);
-                let _ = crate::guest::exec(&client, warm_up.clone(), "warm-up-1").await;
-                let _ = crate::guest::exec(&client, ExecSpec::argv(["true"]), "warm-up-2").await;
-                Ok::<_, VmError>(client)
-            }
-            .await;
-            match started {
-                Ok(client) => Ok(Spare {
-                    vm,
-                    client,
-                    template: template.name.clone(),
-                }),
-                Err(error) => {
-                    vm.kill().await;
-                    Err(error)
-                }
-            }
+            let (vm, _qmp, client) = Vm::resume(qemu, &machine, &template.state).await?;
+            // Run what a first create runs, so its code is translated already.
+            let mut warm_up = ExecSpec::shell("true");
+            warm_up.timeout = std::time::Duration::from_secs(30);
+            let _ = crate::guest::exec(&client, warm_up, "warm-up-1").await;
+            let _ = crate::guest::exec(&client, ExecSpec::argv(["true"]), "warm-up-2").await;
+            Ok::<_, VmError>(Spare {
+                vm,
+                client,
+                template: template.name.clone(),
+            })
         }
         .await;
         if made.is_err() {
@@ -219,10 +206,4 @@ impl Pool {
 async fn discard(vm: &Vm) {
     vm.kill().await;
     let _ = fs_err::remove_dir_all(&vm.dir);
-}
-
-fn random_id() -> String {
-    let mut bytes = [0u8; 8];
-    let _ = getrandom::fill(&mut bytes);
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

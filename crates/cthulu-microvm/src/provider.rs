@@ -16,7 +16,7 @@ use crate::qemu::{self, Qemu};
 use crate::sandbox::{capabilities, clone_machine, vm_failure, VmSandbox};
 use crate::state::VmState;
 use crate::template::{GuestImage, TemplateKey, Templates};
-use crate::vm::{Vm, RESTORE_TIMEOUT};
+use crate::vm::Vm;
 
 /// Finds the guest image a create names (`None`: the default one).
 pub type ImageResolver = Arc<dyn Fn(Option<&str>) -> Result<GuestImage, String> + Send + Sync>;
@@ -256,44 +256,24 @@ impl QemuProvider {
         if let Some(spare) = self.pool.take(&template.name) {
             state.vm_dir = Some(spare.vm.dir.clone());
             state.pid = spare.vm.pid;
-            state
-                .save(dir)
-                .map_err(|error| SandboxError::io("write", dir.join("state.json"), error))?;
+            save(&state, dir)?;
             self.pool.refill();
             VmSandbox::configure(&spare.client, sandbox_id, &spec.env, true, limits).await?;
             state.status = SandboxStatus::Running;
-            state
-                .save(dir)
-                .map_err(|error| SandboxError::io("write", dir.join("state.json"), error))?;
+            save(&state, dir)?;
             return Ok((state, spare.client));
         }
-        state
-            .save(dir)
-            .map_err(|error| SandboxError::io("write", dir.join("state.json"), error))?;
-        let machine = clone_machine(dir, &template.dir, &state);
-        let t0 = std::time::Instant::now();
-        let vm = Vm::launch(&qemu, &machine)
-            .await
-            .map_err(vm_failure("start QEMU"))?;
-        state.pid = vm.pid;
-        tracing::debug!(elapsed = ?t0.elapsed(), "clone: launch done");
-        let client = async {
-            let mut qmp = vm.qmp().await?;
-            tracing::debug!(elapsed = ?t0.elapsed(), "clone: qmp done");
-            vm.load(&mut qmp, &template.state).await?;
-            tracing::debug!(elapsed = ?t0.elapsed(), "clone: load done");
-            let c = vm.connect_agent(RESTORE_TIMEOUT).await;
-            tracing::debug!(elapsed = ?t0.elapsed(), "clone: agent done");
-            c
-        }
-        .await
-        .map_err(vm_failure("start the VM from its template"))?;
-        VmSandbox::configure(&client, sandbox_id, &spec.env, true, limits).await?;
-        tracing::debug!(elapsed = ?t0.elapsed(), "clone: configure done");
-        state.status = SandboxStatus::Running;
-        state
-            .save(dir)
-            .map_err(|error| SandboxError::io("write", dir.join("state.json"), error))?;
+        save(&state, dir)?;
+        let client = start_clone(
+            &qemu,
+            dir,
+            &template.dir,
+            &template.state,
+            &mut state,
+            limits,
+            "start the VM from its template",
+        )
+        .await?;
         Ok((state, client))
     }
 }
@@ -391,31 +371,49 @@ impl QemuProvider {
         state.image_version = source_state.image_version.clone();
         state.template = source_state.template.clone();
         fs_err::create_dir_all(dir).map_err(|error| SandboxError::io("create", dir, error))?;
-        state
-            .save(dir)
-            .map_err(|error| SandboxError::io("write", dir.join("state.json"), error))?;
-        let machine = clone_machine(dir, &template_dir, &state);
-        let vm = Vm::launch(qemu, &machine)
-            .await
-            .map_err(vm_failure("start QEMU"))?;
-        state.pid = vm.pid;
-        state
-            .save(dir)
-            .map_err(|error| SandboxError::io("write", dir.join("state.json"), error))?;
-        let client = async {
-            let mut qmp = vm.qmp().await?;
-            vm.load(&mut qmp, &vmstate).await?;
-            vm.connect_agent(RESTORE_TIMEOUT).await
-        }
-        .await
-        .map_err(vm_failure("start the VM from the checkpoint"))?;
-        VmSandbox::configure(&client, sandbox_id, &state.env, true, None).await?;
-        state.status = SandboxStatus::Running;
-        state
-            .save(dir)
-            .map_err(|error| SandboxError::io("write", dir.join("state.json"), error))?;
+        save(&state, dir)?;
+        // The checkpoint's limits come with its memory.
+        let client = start_clone(
+            qemu,
+            dir,
+            &template_dir,
+            &vmstate,
+            &mut state,
+            None,
+            "start the VM from the checkpoint",
+        )
+        .await?;
         Ok((state, client))
     }
+}
+
+/// Writes `state` into the sandbox directory `dir`.
+fn save(state: &VmState, dir: &Path) -> Result<(), SandboxError> {
+    state
+        .save(dir)
+        .map_err(|error| SandboxError::io("write", dir.join("state.json"), error))
+}
+
+/// Resumes `vmstate` on the template in `template_dir` as the VM of `state` (a new
+/// sandbox), gives it its identity and `limits`, and records it running.
+async fn start_clone(
+    qemu: &Qemu,
+    dir: &Path,
+    template_dir: &Path,
+    vmstate: &Path,
+    state: &mut VmState,
+    limits: Option<GuestLimits>,
+    operation: &'static str,
+) -> Result<crate::client::GuestClient, SandboxError> {
+    let machine = clone_machine(dir, template_dir, state);
+    let (vm, _qmp, client) = Vm::resume(qemu, &machine, vmstate)
+        .await
+        .map_err(vm_failure(operation))?;
+    state.pid = vm.pid;
+    VmSandbox::configure(&client, &state.sandbox_id, &state.env, true, limits).await?;
+    state.status = SandboxStatus::Running;
+    save(state, dir)?;
+    Ok(client)
 }
 
 /// Kills what a failed create started and removes its directories (and the warm VM's it

@@ -175,15 +175,7 @@ impl VmSandbox {
 
     fn process_id(&self) -> String {
         let counter = self.next_process.fetch_add(1, Ordering::Relaxed);
-        let mut random = [0u8; 4];
-        let _ = getrandom::fill(&mut random);
-        format!(
-            "p{counter}-{}",
-            random
-                .iter()
-                .map(|byte| format!("{byte:02x}"))
-                .collect::<String>()
-        )
+        format!("p{counter}-{}", crate::random_hex(4))
     }
 
     fn remember_command(&self, process_id: &str, spec: &ExecSpec) {
@@ -213,19 +205,11 @@ impl VmSandbox {
         identity: bool,
         limits: Option<GuestLimits>,
     ) -> Result<(), SandboxError> {
-        let random = |count: usize| {
-            let mut bytes = vec![0u8; count];
-            let _ = getrandom::fill(&mut bytes);
-            bytes
-                .iter()
-                .map(|byte| format!("{byte:02x}"))
-                .collect::<String>()
-        };
         let config = GuestConfig {
             hostname: identity.then(|| sandbox_id.to_string()),
             clock_unix_ms: Some(now_ms()),
-            entropy_hex: Some(random(64)),
-            machine_id: identity.then(|| random(16)),
+            entropy_hex: Some(crate::random_hex(64)),
+            machine_id: identity.then(|| crate::random_hex(16)),
             workspace: Some(guest::WORKSPACE.into()),
             env: Some(env.clone()),
             limits,
@@ -260,31 +244,15 @@ impl VmSandbox {
         old.kill().await;
         let state = self.lock().clone();
         let machine = clone_machine(&old.dir, &self.templates_root.join(&state.template), &state);
-        let result = async {
-            let vm = Vm::launch(&self.qemu, &machine).await?;
-            {
-                let mut saved = self.lock();
-                saved.pid = vm.pid;
-            }
-            let mut qmp = vm.qmp().await?;
-            vm.load(&mut qmp, &vmstate).await?;
-            let client = vm.connect_agent(RESTORE_TIMEOUT).await?;
-            Ok::<_, VmError>((qmp, client))
-        }
-        .await;
-        match result {
-            Ok((qmp, client)) => {
+        match Vm::resume(&self.qemu, &machine, &vmstate).await {
+            Ok((vm, qmp, client)) => {
+                self.lock().pid = vm.pid;
                 Self::configure(&client, &self.sandbox_id, &state.env, false, None).await?;
                 *self.qmp.lock().await = Some(qmp);
                 *self.agent.lock().await = Some(client);
-                let mut saved = self.lock();
-                saved.status = SandboxStatus::Running;
-                let snapshot = saved.clone();
-                drop(saved);
-                self.save_state(&snapshot)
+                self.set_status(SandboxStatus::Running)
             }
             Err(error) => {
-                self.vm().kill().await;
                 let _ = self.set_status(SandboxStatus::Lost);
                 Err(vm_failure("restore the VM")(error))
             }

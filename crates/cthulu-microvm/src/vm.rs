@@ -52,6 +52,35 @@ impl Vm {
         })
     }
 
+    /// Starts `machine` (made with `incoming`), loads `vmstate` into it, runs it and waits
+    /// for its agent: a clone of a template, or a restore of a checkpoint. On failure the
+    /// QEMU it started is killed.
+    pub async fn resume(
+        qemu: &Qemu,
+        machine: &Machine,
+        vmstate: &Path,
+    ) -> Result<(Vm, Qmp, GuestClient), VmError> {
+        let started = std::time::Instant::now();
+        let vm = Vm::launch(qemu, machine).await?;
+        let launched = started.elapsed();
+        let running = async {
+            let mut qmp = vm.qmp().await?;
+            vm.load(&mut qmp, vmstate).await?;
+            let loaded = started.elapsed();
+            let client = vm.connect_agent(RESTORE_TIMEOUT).await?;
+            tracing::debug!(?launched, ?loaded, agent = ?started.elapsed(), "resumed a VM");
+            Ok::<_, VmError>((qmp, client))
+        }
+        .await;
+        match running {
+            Ok((qmp, client)) => Ok((vm, qmp, client)),
+            Err(error) => {
+                vm.kill().await;
+                Err(error)
+            }
+        }
+    }
+
     pub async fn qmp(&self) -> Result<Qmp, VmError> {
         Ok(Qmp::connect(&self.dir.join(QMP_SOCKET)).await?)
     }
