@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub warm_vms: usize,
     /// Agent runs: limits and the agents file.
     pub runs: crate::runs::RunsConfig,
+    /// The most sandboxes held at once (a node's `--max-vms`); `None`: no limit.
+    pub max_sandboxes: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,7 +184,10 @@ impl Server {
         let agents = crate::runs::load_agents(&config.runs, &config.home)?;
         let runs =
             crate::runs::RunManager::new(config.runs.clone(), agents, config.home.join("runs"));
-        let state = Arc::new(AppState::new(db, providers, default_backend, runs));
+        let state = Arc::new(
+            AppState::new(db, providers, default_backend, runs)
+                .with_max_sandboxes(config.max_sandboxes),
+        );
         state
             .reattach_all()
             .await
