@@ -33,6 +33,7 @@ pub fn image_resolver(images_dir: PathBuf) -> ImageResolver {
             kernel: image.kernel().to_path_buf(),
             initramfs: image.initramfs().to_path_buf(),
             rootfs: image.rootfs().map(Path::to_path_buf),
+            vmlinux: image.vmlinux().map(Path::to_path_buf),
         })
     })
 }

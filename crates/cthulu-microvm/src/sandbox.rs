@@ -23,7 +23,7 @@ use crate::guest::{self, refusal, GuestExec};
 use crate::qemu::{Machine, Qemu, Ram, DISK_FILE};
 use crate::qmp::Qmp;
 use crate::state::{now_ms, VmState};
-use crate::template::{INITRAMFS_FILE, KERNEL_FILE, RAM_FILE as TEMPLATE_RAM};
+use crate::template::{INITRAMFS_FILE, RAM_FILE as TEMPLATE_RAM};
 use crate::vm::{Vm, VmError, RESTORE_TIMEOUT};
 
 const CHECKPOINTS_DIR: &str = "checkpoints";
@@ -304,7 +304,7 @@ pub(crate) fn machine_of(
         memory_mib,
         vcpus,
         network,
-        kernel: template_dir.join(KERNEL_FILE),
+        kernel: crate::template::boot_kernel(template_dir),
         initramfs: template_dir.join(INITRAMFS_FILE),
         ram: Ram::Private(template_dir.join(TEMPLATE_RAM)),
         disk: disk.then(|| dir.join(DISK_FILE)),

@@ -20,6 +20,8 @@ pub struct GuestImage {
     pub initramfs: PathBuf,
     /// The image's ext4 root filesystem, when it has one.
     pub rootfs: Option<PathBuf>,
+    /// The uncompressed kernel, when the image has one (booted in place of `kernel`).
+    pub vmlinux: Option<PathBuf>,
 }
 
 /// What a template is made for: VMs of one image, size and network.
@@ -63,6 +65,9 @@ pub const STATE_FILE: &str = "vmstate";
 /// The boot files are copied in: a template must not change when its image is rebuilt.
 pub const KERNEL_FILE: &str = "vmlinuz";
 pub const INITRAMFS_FILE: &str = "initramfs";
+/// The uncompressed kernel, when the image has one: QEMU starts it at its PVH entry,
+/// skipping the bzImage's self-decompression (about 0.9 s under TCG here).
+pub const VMLINUX_FILE: &str = "vmlinux";
 /// The image's root filesystem, linked in (images are never changed in place: a rebuild
 /// installs new files, so the link keeps the old content).
 pub const ROOTFS_FILE: &str = "rootfs.ext4";
@@ -152,6 +157,9 @@ impl Templates {
         fs_err::create_dir_all(&scratch)?;
         let result = async {
             fs_err::copy(&image.kernel, scratch.join(KERNEL_FILE))?;
+            if let Some(vmlinux) = &image.vmlinux {
+                link_or_copy(vmlinux, &scratch.join(VMLINUX_FILE))?;
+            }
             fs_err::copy(&image.initramfs, scratch.join(INITRAMFS_FILE))?;
             let disk = match &image.rootfs {
                 Some(rootfs) => {
@@ -169,7 +177,7 @@ impl Templates {
                 memory_mib: key.memory_mib,
                 vcpus: key.vcpus,
                 network: key.network,
-                kernel: scratch.join(KERNEL_FILE),
+                kernel: boot_kernel(&scratch),
                 initramfs: scratch.join(INITRAMFS_FILE),
                 ram: Ram::Shared(scratch.join(RAM_FILE)),
                 disk,
@@ -250,6 +258,17 @@ impl Templates {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
+    }
+}
+
+/// The kernel a template in `dir` boots (and its clones name): the uncompressed one when
+/// there is one.
+pub fn boot_kernel(dir: &Path) -> PathBuf {
+    let vmlinux = dir.join(VMLINUX_FILE);
+    if vmlinux.is_file() {
+        vmlinux
+    } else {
+        dir.join(KERNEL_FILE)
     }
 }
 
