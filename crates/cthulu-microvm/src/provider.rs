@@ -108,6 +108,12 @@ impl QemuProvider {
         self
     }
 
+    /// How long a booting template may take to come up (tests shorten it).
+    pub fn with_boot_timeout(self, timeout: std::time::Duration) -> QemuProvider {
+        self.templates.set_boot_timeout(timeout);
+        self
+    }
+
     fn sandboxes(&self) -> PathBuf {
         self.root.join("sandboxes")
     }

@@ -649,6 +649,10 @@ impl SandboxHandle for VmSandbox {
     async fn stop(&self) -> Result<(), SandboxError> {
         let _lifecycle = self.lifecycle.lock().await;
         self.check(Operation::Stop)?;
+        // A paused guest cannot answer liveness probes: its streams wait for the resume.
+        if let Some(client) = self.agent.lock().await.as_ref() {
+            client.set_heartbeat(false);
+        }
         self.qmp_execute("stop").await?;
         self.set_status(SandboxStatus::Stopped)
     }
@@ -658,6 +662,9 @@ impl SandboxHandle for VmSandbox {
         self.check(Operation::Resume)?;
         self.qmp_execute("cont").await?;
         self.set_status(SandboxStatus::Running)?;
+        if let Some(client) = self.agent.lock().await.as_ref() {
+            client.set_heartbeat(true);
+        }
         // The guest's clock stood still while it was stopped.
         if let Ok(client) = self.client().await {
             let env = self.lock().env.clone();

@@ -78,6 +78,8 @@ pub use crate::qemu::DISK_FILE;
 pub struct Templates {
     root: PathBuf,
     building: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// How long a booting template's agent may take to say hello, in milliseconds.
+    boot_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Templates {
@@ -85,7 +87,24 @@ impl Templates {
         Templates {
             root,
             building: Mutex::new(HashMap::new()),
+            boot_timeout_ms: std::sync::atomic::AtomicU64::new(BOOT_TIMEOUT.as_millis() as u64),
         }
+    }
+
+    /// How long a booting guest may take to say hello before the boot counts as failed
+    /// (default [`BOOT_TIMEOUT`]).
+    pub fn set_boot_timeout(&self, timeout: std::time::Duration) {
+        self.boot_timeout_ms.store(
+            timeout.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn boot_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.boot_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     pub fn root(&self) -> &Path {
@@ -188,7 +207,7 @@ impl Templates {
             let outcome = async {
                 // The connection stays open through the save: the restored agent then
                 // reads the next host's hello at once.
-                let _agent = vm.connect_agent(BOOT_TIMEOUT).await?;
+                let _agent = vm.connect_agent(self.boot_timeout()).await?;
                 let boot = started.elapsed();
                 let mut qmp = vm.qmp().await?;
                 vm.save(&mut qmp, &scratch.join(STATE_FILE)).await?;
