@@ -11,4 +11,5 @@ mod openapi;
 mod restart;
 mod runs;
 mod support;
+mod web_ui;
 mod websocket;

@@ -1,0 +1,282 @@
+//! The web UI: its files are served without a key while the API it calls still needs
+//! one; its pure modules pass their unit tests (`node --test`); and it works in a real
+//! headless Chromium (`web/tests/ui.test.mjs` with playwright-core): create a sandbox,
+//! `echo hello` in its terminal, upload a file, look at a finished agent run, destroy
+//! the sandbox. Without node, Chromium or `scripts/web-assets` having run, the browser
+//! tests print `SKIP web-ui: <reason>`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine as _;
+use cthulu_core::conformance::report_skip;
+use cthulu_test_support::{fake_agent, target_dir, transcripts_dir, TestServer};
+use serde_json::{json, Value};
+
+use crate::support::Api;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn repository() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn web() -> PathBuf {
+    repository().join("web")
+}
+
+/// `Err(reason)` when node is not installed.
+fn node() -> Result<(), String> {
+    match Command::new("node").arg("--version").output() {
+        Ok(output) if output.status.success() => Ok(()),
+        Ok(output) => Err(format!(
+            "`node --version` failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )),
+        Err(error) => Err(format!("node is not installed: {error}")),
+    }
+}
+
+/// `Err(reason)` when the browser test cannot run here.
+fn browser_test_possible() -> Result<(), String> {
+    node()?;
+    if !Path::new(CHROMIUM).exists() {
+        return Err(format!(
+            "{CHROMIUM} is missing (Debian's chromium package; .ci/run installs it)"
+        ));
+    }
+    if !web().join("node_modules/playwright-core").is_dir() {
+        return Err("web/node_modules/playwright-core is missing: run scripts/web-assets".into());
+    }
+    if !cthulu_web::terminal_assets_built() {
+        return Err(
+            "terminal assets were not built into this server: run scripts/web-assets, then build again"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_ui_is_served_without_a_key_and_nothing_else_is() {
+    let server = TestServer::start().await;
+    cthulu_server::create_api_key(server.home(), Some("ui")).unwrap();
+    let http = reqwest::Client::new();
+
+    let page = http.get(server.api("/")).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let headers = page.headers().clone();
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let policy = headers["content-security-policy"].to_str().unwrap();
+    assert!(policy.contains("default-src 'self'"), "{policy}");
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(r#"<script type="module" src="/ui/js/app.js">"#),
+        "{html}"
+    );
+    // Nothing the page loads comes from another site.
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "{html}"
+    );
+
+    let script = http.get(server.api("/ui/js/app.js")).send().await.unwrap();
+    assert_eq!(script.status().as_u16(), 200);
+    assert_eq!(
+        script.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    let style = http.get(server.api("/ui/app.css")).send().await.unwrap();
+    assert_eq!(style.headers()["content-type"], "text/css; charset=utf-8");
+
+    // The terminal's files are there, or a 404 that says how to get them.
+    let xterm = http
+        .get(server.api("/ui/vendor/xterm.js"))
+        .send()
+        .await
+        .unwrap();
+    if cthulu_web::terminal_assets_built() {
+        assert_eq!(xterm.status().as_u16(), 200);
+    } else {
+        assert_eq!(xterm.status().as_u16(), 404);
+        let body: Value = xterm.json().await.unwrap();
+        assert!(
+            body["error"]["hint"]
+                .as_str()
+                .unwrap()
+                .contains("scripts/web-assets"),
+            "{body}"
+        );
+    }
+
+    // Only embedded files: no way up into the repository or the home, nothing of npm's.
+    for path in [
+        "/ui/",
+        "/ui/../Cargo.toml",
+        "/ui/%2e%2e/Cargo.toml",
+        "/ui/..%2fCargo.toml",
+        "/ui/js/../../Cargo.toml",
+        "/ui/package.json",
+        "/ui/node_modules/@xterm/xterm/package.json",
+        "/ui/tests/ui.test.mjs",
+        "/ui/state.db",
+        "/ui/index.html%00.js",
+    ] {
+        let response = http.get(server.api(path)).send().await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        assert!(
+            status == 404 || status == 400,
+            "{path} answered {status}: {body}"
+        );
+        assert!(
+            !body.contains("[workspace]"),
+            "{path} leaked a file: {body}"
+        );
+    }
+
+    // The API the page calls still needs the key.
+    let api = http
+        .get(server.api("/api/v1/sandboxes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status().as_u16(), 401);
+}
+
+#[tokio::test]
+async fn the_ui_modules_pass_their_unit_tests() {
+    if let Err(reason) = node() {
+        report_skip(&format!("SKIP web-ui unit tests: {reason}"));
+        return;
+    }
+    let output = Command::new("node")
+        .arg("--test")
+        .arg(web().join("tests/unit.test.mjs"))
+        .output()
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "node --test web/tests/unit.test.mjs failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A stand-in agent that "fixes" src/math.rs, as the runs tests use it (host backend).
+fn fake_agent_definition() -> Value {
+    json!([{
+        "name": "fake-fixer",
+        "program": fake_agent().display().to_string(),
+        "args": [
+            "--transcript", transcripts_dir().join("success.jsonl").display().to_string(),
+            "--write", "src/math.rs=pub fn add(a: i32, b: i32) -> i32 {{ a + b }}",
+            "--", "{prompt}"
+        ],
+        "output_format": "claude-stream-json",
+    }])
+}
+
+/// A gzipped tar holding src/math.rs, base64-encoded as the API takes it.
+fn math_archive() -> String {
+    let contents = b"pub fn add(a: i32, b: i32) -> i32 {\n    a - b\n}\n";
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o644);
+    header.set_size(contents.len() as u64);
+    builder
+        .append_data(&mut header, "src/math.rs", &contents[..])
+        .unwrap();
+    let gz = builder.into_inner().unwrap().finish().unwrap();
+    base64::engine::general_purpose::STANDARD.encode(gz)
+}
+
+/// Starts a run of the stand-in agent and waits for it to end; its id.
+async fn finished_run(api: &Api) -> String {
+    let (status, run) = api
+        .post(
+            "/api/v1/runs",
+            json!({"prompt": "fix add", "agent": "fake-fixer", "backend": "host", "input_archive": math_archive()}),
+        )
+        .await;
+    assert_eq!(status, 201, "{run}");
+    let id = run["id"].as_str().unwrap().to_owned();
+    for _ in 0..600 {
+        let (_, run) = api.get(&format!("/api/v1/runs/{id}")).await;
+        match run["status"].as_str() {
+            Some("succeeded") => return id,
+            Some("queued" | "provisioning" | "running") => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            _ => panic!("the stand-in run did not succeed: {run}"),
+        }
+    }
+    panic!("the stand-in run {id} did not end within a minute");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_uses_the_ui_in_a_headless_browser() {
+    if let Err(reason) = browser_test_possible() {
+        report_skip(&format!("SKIP web-ui: {reason}"));
+        return;
+    }
+    let server = TestServer::start_with_agents(&fake_agent_definition()).await;
+    let api = Api::new(&server);
+    let run_id = finished_run(&api).await;
+    let artifacts = target_dir()
+        .parent()
+        .expect("the profile directory is in the target directory")
+        .join("ui-artifacts");
+    let script = web().join("tests/ui.test.mjs");
+    let url = server.url().to_owned();
+    let artifact_arg = artifacts.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .arg(url)
+            .arg(artifact_arg)
+            .arg(run_id)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+
+    // Whatever happened in the browser, no sandbox outlives the test.
+    let (_, list) = api.get("/api/v1/sandboxes").await;
+    let leftover: Vec<String> = list["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sandbox| sandbox["id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in &leftover {
+        api.delete(&format!("/api/v1/sandboxes/{id}")).await;
+    }
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the browser test failed (screenshots in {}):\n{stdout}\n{stderr}",
+        artifacts.display()
+    );
+    assert!(stdout.contains("ok web-ui"), "{stdout}\n{stderr}");
+    assert!(
+        leftover.is_empty(),
+        "the UI left sandboxes behind: {leftover:?}"
+    );
+    for screenshot in ["sandbox.png", "sandboxes.png", "run.png"] {
+        let path = artifacts.join(screenshot);
+        let size = std::fs::metadata(&path)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+            .len();
+        assert!(size > 1000, "{} is only {size} bytes", path.display());
+    }
+}
