@@ -6,7 +6,9 @@
 // Creates a sandbox from the UI, types `echo hello` in its terminal and waits for `hello`
 // on a line of its own, uploads a file and sees it listed (and its bytes through the
 // API), checks the list, the nodes view and, given a run id, that run's result and diff;
-// destroys the sandbox through the confirmation dialog (cancelling once first).
+// destroys the sandbox through the confirmation dialog (cancelling once first). A page
+// whose terminal files answer 404 (a server built before scripts/web-assets) must say so
+// in the terminal panel and keep the rest working.
 // Screenshots go to the artifact dir; any request leaving the server, any page error or
 // console error fails the test. Exits 0 on success, 1 with the reason otherwise.
 
@@ -119,6 +121,16 @@ async function main() {
     await page.keyboard.press('Enter');
     await waitForTerminalLine(page, UPLOADED_TEXT.trim(), 'cat the uploaded file');
     await page.screenshot({ path: join(artifactDir, 'sandbox.png') });
+
+    step('a server built without the terminal files says how to get them');
+    const bare = await context.newPage();
+    await bare.route('**/ui/vendor/**', (route) => route.fulfill({ status: 404, body: 'not built' }));
+    await bare.goto(`${baseUrl}/#/sandboxes/${sandboxId}`);
+    await bare.waitForSelector('#terminal-missing');
+    const missing = await bare.textContent('#terminal-missing');
+    check(missing === 'terminal assets were not built: run scripts/web-assets', `the terminal panel reads: ${missing}`);
+    await bare.waitForSelector(`#files-list tr[data-name="${UPLOADED_NAME}"]`);
+    await bare.close();
 
     step('the list shows it running');
     await page.goto(`${baseUrl}/#/`);
