@@ -1,6 +1,6 @@
 // The HTTP API (docs/api.md) as the page uses it: every call carries the API key the
 // person gave (kept in localStorage) as `Authorization: Bearer`, and a 401 asks for a
-// key once, then retries.
+// key (one dialog however many calls were refused), then retries.
 
 const KEY_STORAGE = 'cthulu.apiKey';
 
@@ -49,7 +49,7 @@ export function authHeaders(extra = {}) {
  * `options.json` is sent as a JSON body, `options.body` as it is.
  */
 export async function call(method, path, options = {}) {
-  for (let attempt = 0; ; attempt += 1) {
+  for (;;) {
     const headers = authHeaders(options.headers);
     let body = options.body;
     if (options.json !== undefined) {
@@ -65,7 +65,8 @@ export async function call(method, path, options = {}) {
     }
     if (response.ok) return response;
     const failure = await errorOf(response);
-    if (response.status === 401 && attempt === 0 && (await askForKey(failure))) continue;
+    // Asks again after a refused key, until the person gives up (cancels the dialog).
+    if (response.status === 401 && (await askForKey(failure))) continue;
     throw failure;
   }
 }

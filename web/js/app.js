@@ -29,10 +29,13 @@ async function boot() {
   try {
     context.info = await get('/api/v1/info');
   } catch (error) {
-    replace(document.getElementById('view'), h('div', { class: 'panel error-panel' },
-      h('h2', {}, 'The server cannot be reached'),
+    const needsKey = error.status === 401;
+    replace(document.getElementById('view'), h('div', { class: 'panel error-panel', id: 'boot-error' },
+      h('h2', {}, needsKey ? 'This server needs an API key' : 'The server cannot be reached'),
       h('p', {}, error.describe ? error.describe() : error.message),
-      h('button', { class: 'primary', onclick: () => location.reload() }, 'Try again')));
+      needsKey
+        ? h('button', { class: 'primary', onclick: async () => (await askForKey()) && location.reload() }, 'Enter API key')
+        : h('button', { class: 'primary', onclick: () => location.reload() }, 'Try again')));
     return;
   }
   showServer(context.info);

@@ -10,10 +10,10 @@ export function checkpointsPanel(sandbox, backend, { onRestored }) {
   const withMemory = backend && backend.capabilities.checkpoint === 'filesystem_and_memory';
   const supported = backend && backend.capabilities.checkpoint !== 'none';
   const listing = h('div', { id: 'checkpoints-list' });
-  const name = h('input', { name: 'name', placeholder: 'name (optional)', pattern: '[A-Za-z0-9_][A-Za-z0-9_.\\-]{0,63}', title: 'letters, digits, - _ . (not starting with .)' });
+  const name = h('input', { name: 'name', id: 'checkpoint-name', placeholder: 'name (optional)', pattern: '[A-Za-z0-9_][A-Za-z0-9_.\\-]{0,63}', title: 'letters, digits, - _ . (not starting with .)' });
   const memory = h('input', { type: 'checkbox', name: 'memory', checked: withMemory });
   const submit = h('button', { class: 'ghost small', type: 'submit' }, 'Checkpoint');
-  const form = h('form', { class: 'inline-form' }, name,
+  const form = h('form', { class: 'inline-form', id: 'checkpoint-form' }, name,
     withMemory ? h('label', { class: 'check' }, memory, ' memory') : null, submit);
   const element = h('section', { class: 'panel' }, h('div', { class: 'panel-head' }, h('h3', {}, 'Checkpoints')),
     supported ? [listing, form] : h('p', { class: 'muted' }, `The ${sandbox.backend} backend has no checkpoints.`));
@@ -47,7 +47,7 @@ export function checkpointsPanel(sandbox, backend, { onRestored }) {
     shown = key;
     const now = Date.now();
     replace(listing, checkpoints.length
-      ? h('ul', { class: 'plain checkpoints' }, [...checkpoints].reverse().map((checkpoint) => h('li', {},
+      ? h('ul', { class: 'plain checkpoints' }, [...checkpoints].reverse().map((checkpoint) => h('li', { dataset: { checkpoint: checkpoint.name || checkpoint.id } },
         h('div', {},
           h('strong', {}, checkpoint.name || checkpoint.id),
           h('div', { class: 'muted small' }, `${age(checkpoint.created_at_ms, now)} ago · ${bytes(checkpoint.size_bytes)}${checkpoint.memory ? ' · memory' : ''}`)),

@@ -6,8 +6,8 @@ import { attempt, h, replace, toast } from './dom.js';
 
 export function portsPanel(sandbox) {
   const listing = h('div', { id: 'ports-list' });
-  const port = h('input', { type: 'number', min: '1', max: '65535', placeholder: 'port in the sandbox', required: true, name: 'port' });
-  const form = h('form', { class: 'inline-form' }, port, h('button', { class: 'ghost small', type: 'submit' }, 'Expose'));
+  const port = h('input', { type: 'number', min: '1', max: '65535', placeholder: 'port in the sandbox', required: true, name: 'port', id: 'port-number' });
+  const form = h('form', { class: 'inline-form', id: 'ports-form' }, port, h('button', { class: 'ghost small', type: 'submit' }, 'Expose'));
   const element = h('section', { class: 'panel' }, h('div', { class: 'panel-head' }, h('h3', {}, 'Ports')), listing, form);
   let shown = '';
   let running = sandbox.status === 'running';

@@ -45,7 +45,13 @@ export function mountSandbox(view, [sandboxId], context) {
         terminal: terminalPanel(sandbox, backend),
         files: filesPanel(sandbox),
         ports: portsPanel(sandbox),
-        checkpoints: checkpointsPanel(sandbox, backend, { onRestored: refresh }),
+        // A restore changes the files and restarts the processes: list the files again.
+        checkpoints: checkpointsPanel(sandbox, backend, {
+          onRestored: () => {
+            panels.files.statusChanged(sandbox);
+            refresh();
+          },
+        }),
       };
       replace(body,
         panels.terminal.element,

@@ -220,6 +220,52 @@ async fn finished_run(api: &Api) -> String {
     panic!("the stand-in run {id} did not end within a minute");
 }
 
+/// `target/ui-artifacts`: the browser tests' screenshots, kept after the run.
+fn artifacts() -> PathBuf {
+    target_dir()
+        .parent()
+        .expect("the profile directory is in the target directory")
+        .join("ui-artifacts")
+}
+
+/// Runs `node web/tests/<script> <server url> <artifact dir> <extra>` and asserts that it
+/// passed, printing its steps and the failure otherwise.
+async fn run_browser_test(script: &str, url: &str, extra: &[&str]) {
+    let mut command = Command::new("node");
+    command
+        .arg(web().join("tests").join(script))
+        .arg(url)
+        .arg(artifacts())
+        .args(extra);
+    let output = tokio::task::spawn_blocking(move || command.output().expect("node runs"))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // The steps it took, for the test's log.
+    println!("{stdout}");
+    assert!(
+        output.status.success() && stdout.contains("ok web-ui"),
+        "{script} failed (screenshots in {}):\n{stdout}\n{stderr}",
+        artifacts().display()
+    );
+}
+
+/// Destroys every sandbox of the server; the ids it found.
+async fn destroy_all(api: &Api) -> Vec<String> {
+    let (_, list) = api.get("/api/v1/sandboxes").await;
+    let ids: Vec<String> = list["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sandbox| sandbox["id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in &ids {
+        api.delete(&format!("/api/v1/sandboxes/{id}")).await;
+    }
+    ids
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_person_uses_the_ui_in_a_headless_browser() {
     if let Err(reason) = browser_test_possible() {
@@ -229,54 +275,36 @@ async fn a_person_uses_the_ui_in_a_headless_browser() {
     let server = TestServer::start_with_agents(&fake_agent_definition()).await;
     let api = Api::new(&server);
     let run_id = finished_run(&api).await;
-    let artifacts = target_dir()
-        .parent()
-        .expect("the profile directory is in the target directory")
-        .join("ui-artifacts");
-    let script = web().join("tests/ui.test.mjs");
-    let url = server.url().to_owned();
-    let artifact_arg = artifacts.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(script)
-            .arg(url)
-            .arg(artifact_arg)
-            .arg(run_id)
-            .output()
-            .expect("node runs")
+    let outcome = tokio::spawn({
+        let url = server.url().to_owned();
+        async move { run_browser_test("ui.test.mjs", &url, &[&run_id]).await }
     })
-    .await
-    .unwrap();
-
+    .await;
     // Whatever happened in the browser, no sandbox outlives the test.
-    let (_, list) = api.get("/api/v1/sandboxes").await;
-    let leftover: Vec<String> = list["sandboxes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|sandbox| sandbox["id"].as_str().unwrap().to_owned())
-        .collect();
-    for id in &leftover {
-        api.delete(&format!("/api/v1/sandboxes/{id}")).await;
+    let leftover = destroy_all(&api).await;
+    if let Err(failure) = outcome {
+        std::panic::resume_unwind(failure.into_panic());
     }
-
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the browser test failed (screenshots in {}):\n{stdout}\n{stderr}",
-        artifacts.display()
-    );
-    assert!(stdout.contains("ok web-ui"), "{stdout}\n{stderr}");
     assert!(
         leftover.is_empty(),
         "the UI left sandboxes behind: {leftover:?}"
     );
     for screenshot in ["sandbox.png", "sandboxes.png", "run.png"] {
-        let path = artifacts.join(screenshot);
+        let path = artifacts().join(screenshot);
         let size = std::fs::metadata(&path)
             .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
             .len();
         assert!(size > 1000, "{} is only {size} bytes", path.display());
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ui_asks_for_an_api_key_refuses_a_wrong_one_and_keeps_the_right_one() {
+    if let Err(reason) = browser_test_possible() {
+        report_skip(&format!("SKIP web-ui: {reason}"));
+        return;
+    }
+    let server = TestServer::start().await;
+    let key = cthulu_server::create_api_key(server.home(), Some("browser")).unwrap();
+    run_browser_test("auth.test.mjs", server.url(), &[&key]).await;
 }
