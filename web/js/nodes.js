@@ -13,7 +13,9 @@ export function mountNodes(view) {
   let stopped = false;
   const refresh = async () => {
     try {
-      const { nodes } = await get('/api/v1/nodes');
+      const answer = await get('/api/v1/nodes');
+      // `{nodes: [...]}` like every other list, or a bare array.
+      const nodes = Array.isArray(answer) ? answer : answer.nodes;
       if (stopped) return;
       replace(content, nodes && nodes.length ? nodeTable(nodes) : noNodes());
     } catch (error) {

@@ -37,8 +37,12 @@ function loadTerminalAssets() {
  */
 async function terminalUrl(sandboxId) {
   try {
-    const response = await call('POST', sandboxPath(sandboxId, '/terminal'));
-    return (await response.json()).url;
+    const response = await call('POST', sandboxPath(sandboxId, '/terminal'), { json: {} });
+    // Absolute (`ws://host/…`) or relative to this page; http(s) becomes ws(s).
+    const url = new URL((await response.json()).url, location.href);
+    if (url.protocol === 'http:') url.protocol = 'ws:';
+    if (url.protocol === 'https:') url.protocol = 'wss:';
+    return url.href;
   } catch (error) {
     // Fallback for servers without the terminal route (it answers "no such route"):
     // the exec WebSocket itself, which works when the server has no API key.

@@ -24,7 +24,8 @@ if (!baseUrl || !artifactDir) {
 
 const UPLOADED_NAME = 'greeting from the browser.txt';
 const UPLOADED_TEXT = 'uploaded through the web UI\n';
-const PORT = 8000;
+// A namespace sandbox has its own loopback, but a host sandbox shares the machine's.
+const PORT = 20_000 + Math.floor(Math.random() * 20_000);
 // Routes another branch adds (the terminal's token URL, the nodes list): until they are
 // merged the server answers "no such route", the browser logs it, and the UI falls back.
 const NOT_YET_ROUTES = /\/api\/v1\/(sandboxes\/[a-z0-9]+\/terminal|nodes)$/;
@@ -112,6 +113,20 @@ async function session({ context, page }) {
     await bare.waitForSelector(listed);
     await bare.close();
 
+    step('the terminal opens the URL that POST …/terminal answers');
+    const tokened = await context.newPage();
+    await tokened.route('**/api/v1/sandboxes/*/terminal', (route) => route.fulfill({
+      status: 200,
+      contentType: 'application/json',
+      body: JSON.stringify({ url: `/api/v1/sandboxes/${sandboxId}/exec/ws?token=from-the-route`, expires_at_ms: Date.now() + 60_000 }),
+    }));
+    const opened = tokened.waitForEvent('websocket');
+    await tokened.goto(`${baseUrl}/#/sandboxes/${sandboxId}`);
+    const socketUrl = (await opened).url();
+    check(socketUrl === `${baseUrl.replace(/^http/, 'ws')}/api/v1/sandboxes/${sandboxId}/exec/ws?token=from-the-route`, `the terminal opened ${socketUrl}`);
+    await tokened.waitForFunction(() => document.querySelector('#terminal-state')?.textContent === 'connected');
+    await tokened.close();
+
     step('checkpoint, delete the file, restore: the file is back');
     await page.fill('#checkpoint-name', 'before-delete');
     await page.click('#checkpoint-form button[type=submit]');
@@ -142,9 +157,23 @@ async function session({ context, page }) {
     check(rowText.includes('running') && rowText.includes('made-by=ui-test'), `the list row reads: ${rowText}`);
     await page.screenshot({ path: join(artifactDir, 'sandboxes.png') });
 
-    step('the nodes view');
+    step('the nodes view: none, then two as the nodes route lists them');
     await page.goto(`${baseUrl}/#/nodes`);
     await page.waitForFunction(() => /No nodes registered|Capacity/.test(document.querySelector('#nodes')?.textContent || ''));
+    await page.route('**/api/v1/nodes', (route) => route.fulfill({
+      status: 200,
+      contentType: 'application/json',
+      body: JSON.stringify({ nodes: [
+        { name: 'kvm-1', url: 'http://10.0.0.5:8081', reachable: true, capacity: { sandboxes: 3, max_sandboxes: 20 } },
+        { name: 'kvm-2', url: 'http://10.0.0.6:8081', reachable: false, capacity: { sandboxes: 0, max_sandboxes: 20 } },
+      ] }),
+    }));
+    await page.reload();
+    await page.waitForSelector('#nodes table');
+    const nodesText = await page.textContent('#nodes');
+    check(nodesText.includes('kvm-1') && nodesText.includes('3 / 20 sandboxes') && nodesText.includes('unreachable'), `the nodes view reads: ${nodesText}`);
+    await page.screenshot({ path: join(artifactDir, 'nodes.png') });
+    await page.unroute('**/api/v1/nodes');
 
     if (runId) {
       step(`run ${runId}: result, events and diff`);
