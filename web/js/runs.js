@@ -54,7 +54,7 @@ export function mountRun(view, [runId]) {
   const facts = h('dl', { class: 'facts' });
   const outcome = h('div', { id: 'run-outcome' });
   const events = h('ol', { class: 'events', id: 'run-events' });
-  const streamState = h('span', { class: 'muted' });
+  const streamState = h('span', { class: 'muted', id: 'run-stream-state' });
   const changes = h('div', { id: 'run-changes' });
   view.append(
     h('div', { class: 'page-head' },
@@ -76,7 +76,7 @@ export function mountRun(view, [runId]) {
       run.result ? [h('h4', {}, 'Result'), h('pre', { class: 'result-text', id: 'run-result' }, run.result)] : null,
       run.error ? [h('h4', {}, 'Error'), h('pre', { class: 'error-block' }, run.error)] : null);
     showChanges(changes, run);
-    replace(actions, FINAL.includes(run.status) ? null : h('button', { class: 'danger', onclick: () => cancel(run) }, 'Cancel run'));
+    replace(actions, FINAL.includes(run.status) ? null : h('button', { class: 'danger', id: 'run-cancel', onclick: () => cancel(run) }, 'Cancel run'));
   };
 
   async function cancel(run) {

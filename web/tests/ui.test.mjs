@@ -1,13 +1,14 @@
 // The web UI in a real headless Chromium (Debian's /usr/bin/chromium, driven by
 // playwright-core; no browser is downloaded). Run by crates/cthulu-server/tests/it/web_ui.rs:
 //
-//   node web/tests/ui.test.mjs <base url> <artifact dir> [<finished run id>]
+//   node web/tests/ui.test.mjs <base url> <artifact dir> [<finished run id> <live run id>]
 //
 // A person's session: create a sandbox from the form, type `echo hello` in its terminal
 // and see `hello` on a line of its own, upload a file and see it listed (its bytes read
 // back through the API, `cat` in the terminal), serve it from the sandbox on an exposed
 // port and follow the port's link, checkpoint, delete the file, restore, see it back,
-// stop and resume, the list, the nodes view, the run's result, events and diff, then
+// stop and resume, the list, the nodes view, the finished run's result, events and diff,
+// the live run's events as they come and its cancellation from the page, then
 // destroy the sandbox through the confirmation dialog (cancelled once first). A page
 // whose terminal files answer 404 (a server built before scripts/web-assets) must say so
 // in the terminal panel and keep the rest working. Screenshots go to the artifact dir;
@@ -16,9 +17,9 @@
 import { join } from 'node:path';
 import { check, exitWith, step, withBrowser } from './browser.mjs';
 
-const [baseUrl, artifactDir, runId] = process.argv.slice(2);
+const [baseUrl, artifactDir, runId, liveRunId] = process.argv.slice(2);
 if (!baseUrl || !artifactDir) {
-  console.error('usage: node web/tests/ui.test.mjs <base url> <artifact dir> [<run id>]');
+  console.error('usage: node web/tests/ui.test.mjs <base url> <artifact dir> [<finished run id> <live run id>]');
   process.exit(2);
 }
 
@@ -186,6 +187,20 @@ async function session({ context, page }) {
       const added = await page.$$eval('#run-diff .diff-added', (lines) => lines.map((line) => line.textContent));
       check(added.some((line) => line.includes('a + b')), `the diff's added lines: ${added.join('')}`);
       await page.screenshot({ path: join(artifactDir, 'run.png'), fullPage: true });
+    }
+
+    if (liveRunId) {
+      step(`live run ${liveRunId}: its events stream in, then it is cancelled from the page`);
+      await page.goto(`${baseUrl}/#/runs/${liveRunId}`);
+      await page.waitForSelector('#run-status .status-running');
+      await page.waitForSelector('#run-events .event-init');
+      await page.waitForSelector('#run-events .event-assistant_text');
+      check((await page.textContent('#run-stream-state')) === 'live', `the stream reads: ${await page.textContent('#run-stream-state')}`);
+      await page.click('#run-cancel');
+      await confirm(page);
+      await page.waitForSelector('#run-status .status-cancelled');
+      const last = await page.$$eval('#run-events .event-status', (events) => events.at(-1)?.textContent || '');
+      check(last.includes('cancelled'), `the last status event reads: ${last}`);
     }
 
     step('destroy it, cancelling the confirmation once');

@@ -166,16 +166,23 @@ async fn the_ui_modules_pass_their_unit_tests() {
     );
 }
 
-/// A stand-in agent that "fixes" src/math.rs, as the runs tests use it (host backend).
-fn fake_agent_definition() -> Value {
+/// Stand-in agents, as the runs tests use them (host backend): one "fixes" src/math.rs,
+/// one prints part of a transcript and hangs until cancelled.
+fn fake_agent_definitions() -> Value {
+    let transcript = |name: &str| transcripts_dir().join(name).display().to_string();
     json!([{
         "name": "fake-fixer",
         "program": fake_agent().display().to_string(),
         "args": [
-            "--transcript", transcripts_dir().join("success.jsonl").display().to_string(),
+            "--transcript", transcript("success.jsonl"),
             "--write", "src/math.rs=pub fn add(a: i32, b: i32) -> i32 {{ a + b }}",
             "--", "{prompt}"
         ],
+        "output_format": "claude-stream-json",
+    }, {
+        "name": "fake-hang",
+        "program": fake_agent().display().to_string(),
+        "args": ["--transcript", transcript("truncated.jsonl"), "--hang", "--", "{prompt}"],
         "output_format": "claude-stream-json",
     }])
 }
@@ -197,12 +204,13 @@ fn math_archive() -> String {
     base64::engine::general_purpose::STANDARD.encode(gz)
 }
 
-/// Starts a run of the stand-in agent and waits for it to end; its id.
-async fn finished_run(api: &Api) -> String {
+/// Starts a run of the stand-in agent `agent` and waits until its status is `wanted`
+/// (`succeeded`, or `running` for one that hangs); its id.
+async fn run_until(api: &Api, agent: &str, wanted: &str) -> String {
     let (status, run) = api
         .post(
             "/api/v1/runs",
-            json!({"prompt": "fix add", "agent": "fake-fixer", "backend": "host", "input_archive": math_archive()}),
+            json!({"prompt": "fix add", "agent": agent, "backend": "host", "input_archive": math_archive()}),
         )
         .await;
     assert_eq!(status, 201, "{run}");
@@ -210,14 +218,14 @@ async fn finished_run(api: &Api) -> String {
     for _ in 0..600 {
         let (_, run) = api.get(&format!("/api/v1/runs/{id}")).await;
         match run["status"].as_str() {
-            Some("succeeded") => return id,
+            Some(status) if status == wanted => return id,
             Some("queued" | "provisioning" | "running") => {
                 tokio::time::sleep(Duration::from_millis(100)).await
             }
-            _ => panic!("the stand-in run did not succeed: {run}"),
+            _ => panic!("the stand-in run never became {wanted}: {run}"),
         }
     }
-    panic!("the stand-in run {id} did not end within a minute");
+    panic!("the stand-in run {id} did not become {wanted} within a minute");
 }
 
 /// `target/ui-artifacts`: the browser tests' screenshots, kept after the run.
@@ -251,19 +259,19 @@ async fn run_browser_test(script: &str, url: &str, extra: &[&str]) {
     );
 }
 
-/// Destroys every sandbox of the server; the ids it found.
+/// Destroys every sandbox of the server; the ids of those the UI made (labelled
+/// `made-by=ui-test`; a cancelled run's sandbox may still be going away on its own).
 async fn destroy_all(api: &Api) -> Vec<String> {
     let (_, list) = api.get("/api/v1/sandboxes").await;
-    let ids: Vec<String> = list["sandboxes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|sandbox| sandbox["id"].as_str().unwrap().to_owned())
-        .collect();
-    for id in &ids {
+    let mut made_by_the_ui = Vec::new();
+    for sandbox in list["sandboxes"].as_array().unwrap() {
+        let id = sandbox["id"].as_str().unwrap();
         api.delete(&format!("/api/v1/sandboxes/{id}")).await;
+        if sandbox["labels"]["made-by"] == "ui-test" {
+            made_by_the_ui.push(id.to_owned());
+        }
     }
-    ids
+    made_by_the_ui
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -272,15 +280,18 @@ async fn a_person_uses_the_ui_in_a_headless_browser() {
         report_skip(&format!("SKIP web-ui: {reason}"));
         return;
     }
-    let server = TestServer::start_with_agents(&fake_agent_definition()).await;
+    let server = TestServer::start_with_agents(&fake_agent_definitions()).await;
     let api = Api::new(&server);
-    let run_id = finished_run(&api).await;
+    let finished_run = run_until(&api, "fake-fixer", "succeeded").await;
+    let live_run = run_until(&api, "fake-hang", "running").await;
     let outcome = tokio::spawn({
         let url = server.url().to_owned();
-        async move { run_browser_test("ui.test.mjs", &url, &[&run_id]).await }
+        let live_run = live_run.clone();
+        async move { run_browser_test("ui.test.mjs", &url, &[&finished_run, &live_run]).await }
     })
     .await;
-    // Whatever happened in the browser, no sandbox outlives the test.
+    // Whatever happened in the browser, no run or sandbox outlives the test.
+    api.delete(&format!("/api/v1/runs/{live_run}")).await;
     let leftover = destroy_all(&api).await;
     if let Err(failure) = outcome {
         std::panic::resume_unwind(failure.into_panic());
