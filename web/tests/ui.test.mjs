@@ -5,15 +5,17 @@
 //
 // A person's session: create a sandbox from the form, type `echo hello` in its terminal
 // and see `hello` on a line of its own, upload a file and see it listed (its bytes read
-// back through the API, `cat` in the terminal), serve it from the sandbox on an exposed
-// port and follow the port's link, checkpoint, delete the file, restore, see it back,
-// stop and resume, the list, the nodes view, the finished run's result, events and diff,
-// the live run's events as they come and its cancellation from the page, then
-// destroy the sandbox through the confirmation dialog (cancelled once first). A page
-// whose terminal files answer 404 (a server built before scripts/web-assets) must say so
-// in the terminal panel and keep the rest working. Screenshots go to the artifact dir;
-// any request leaving the server, page error or console error fails the test.
+// back through the API, downloaded from the page, `cat` in the terminal), serve it from
+// the sandbox on an exposed port and follow the port's link, checkpoint, delete the file,
+// restore, see it back, stop and resume, the list, the nodes view, the finished run's
+// result, events and diff, the live run's events as they come and its cancellation from
+// the page, then destroy the sandbox through the confirmation dialog (cancelled once
+// first). A page whose terminal files answer 404 (a server built before
+// scripts/web-assets) must say so in the terminal panel and keep the rest working.
+// Screenshots go to the artifact dir; any request leaving the server, page error or
+// console error fails the test.
 
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { check, exitWith, step, withBrowser } from './browser.mjs';
 
@@ -83,13 +85,18 @@ async function session({ context, page }) {
     await typeInTerminal(page, 'echo hello');
     await waitForTerminalLine(page, 'hello', 'echo hello');
 
-    step('upload a file and see it listed');
+    step('upload a file, see it listed, download it');
     await page.setInputFiles('#files-upload', { name: UPLOADED_NAME, mimeType: 'text/plain', buffer: Buffer.from(UPLOADED_TEXT) });
     const listed = `#files-list tr[data-name="${UPLOADED_NAME}"]`;
     await page.waitForSelector(listed);
     const stored = await api(`/api/v1/sandboxes/${sandboxId}/files?path=${encodeURIComponent(`/workspace/${UPLOADED_NAME}`)}`);
     check(stored.ok, `the uploaded file cannot be read back: ${stored.status}`);
     check((await stored.text()) === UPLOADED_TEXT, 'the uploaded file has other bytes than were uploaded');
+    const downloading = page.waitForEvent('download');
+    await page.click(`${listed} button:text("Download")`);
+    const downloaded = await downloading;
+    check(downloaded.suggestedFilename() === UPLOADED_NAME, `the download is named ${downloaded.suggestedFilename()}`);
+    check((await readFile(await downloaded.path(), 'utf8')) === UPLOADED_TEXT, 'the downloaded file has other bytes than were uploaded');
     await typeInTerminal(page, `cat '${UPLOADED_NAME}'`);
     await waitForTerminalLine(page, UPLOADED_TEXT.trim(), 'cat the uploaded file');
 
