@@ -25,7 +25,10 @@ let unmount = () => {};
 
 async function boot() {
   onUnauthorized(askForKey);
-  document.getElementById('api-key-button').addEventListener('click', () => askForKey());
+  document.getElementById('api-key-button').addEventListener('click', () => {
+    declined = false;
+    askForKey();
+  });
   try {
     context.info = await get('/api/v1/info');
   } catch (error) {
@@ -70,6 +73,9 @@ function route() {
 }
 
 let pendingKey = null;
+// Set when the person cancels the dialog: the views' periodic refreshes then fail
+// quietly instead of opening it again every two seconds (the "API key" button reopens it).
+let declined = false;
 
 /**
  * Asks for an API key (once at a time, however many calls were refused) and stores it;
@@ -77,6 +83,7 @@ let pendingKey = null;
  */
 function askForKey(failure) {
   if (pendingKey) return pendingKey;
+  if (failure && declined) return Promise.resolve(false);
   pendingKey = new Promise((resolve) => {
     const input = h('input', { type: 'password', name: 'key', autocomplete: 'off', placeholder: 'ck_…', value: apiKey(), required: true });
     const dialog = h('dialog', { class: 'confirm' },
@@ -90,6 +97,7 @@ function askForKey(failure) {
     dialog.addEventListener('close', () => {
       const saved = dialog.returnValue === 'save' && input.value.trim() !== '';
       if (saved) setApiKey(input.value);
+      declined = !saved;
       dialog.remove();
       pendingKey = null;
       resolve(saved);

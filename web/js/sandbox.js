@@ -64,11 +64,17 @@ export function mountSandbox(view, [sandboxId], context) {
     }
   };
 
+  let refreshing = false;
+  let lastFailure = null;
   const refresh = async () => {
+    // One refresh at a time: an action's refresh and the timer's must not start two loops.
+    if (refreshing) return;
+    refreshing = true;
     clearTimeout(timer);
     try {
       const next = await get(sandboxPath(sandboxId));
       if (stopped) return;
+      lastFailure = null;
       show(next);
       panels.ports.refresh();
       panels.checkpoints.refresh();
@@ -78,7 +84,12 @@ export function mountSandbox(view, [sandboxId], context) {
         gone();
         return;
       }
-      toast(error.describe ? error.describe() : error.message, 'error');
+      // Once per distinct failure, not at every refresh while it lasts.
+      const message = error.describe ? error.describe() : error.message;
+      if (message !== lastFailure) toast(message, 'error');
+      lastFailure = message;
+    } finally {
+      refreshing = false;
     }
     if (!stopped) timer = setTimeout(refresh, REFRESH_MS);
   };
