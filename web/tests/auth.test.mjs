@@ -2,8 +2,9 @@
 //
 //   node web/tests/auth.test.mjs <base url> <artifact dir> <key>
 //
-// The page asks for a key; a wrong one is refused and asked for again; the right one
-// loads the page and is kept: after a reload the page loads without asking.
+// The page asks for a key; cancelled, it says it needs one and offers the dialog again;
+// a wrong key is refused and asked for again; the right one loads the page and is kept:
+// after a reload the page loads without asking.
 
 import { join } from 'node:path';
 import { check, exitWith, step, withBrowser } from './browser.mjs';
@@ -21,6 +22,14 @@ async function session({ page }) {
   step('the page asks for a key');
   await page.goto(`${baseUrl}/`);
   const input = 'dialog.confirm[open] input[name=key]';
+  await page.waitForSelector(input);
+
+  step('cancelled, the page says it needs a key and asks no more until told to');
+  await page.click('dialog.confirm[open] button[value=cancel]');
+  await page.waitForSelector('#boot-error');
+  check((await page.textContent('#boot-error h2')) === 'This server needs an API key', `the page reads: ${await page.textContent('#boot-error')}`);
+  check(!(await page.$('dialog.confirm[open]')), 'the dialog opened again after a cancel');
+  await page.click('#boot-error button');
   await page.waitForSelector(input);
 
   step('a wrong key is refused and the page asks again');
