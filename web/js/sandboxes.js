@@ -36,13 +36,23 @@ export function mountSandboxes(view, _params, context) {
   );
   let timer = null;
   let stopped = false;
+  let shown = null;
   const refresh = async () => {
     try {
       const { sandboxes } = await get('/api/v1/sandboxes');
       if (stopped) return;
       count.textContent = String(sandboxes.length);
-      replace(list, sandboxes.length ? sandboxTable(sandboxes) : h('p', { class: 'empty' }, 'No sandboxes yet: create one above.'));
+      // The table is rebuilt only when a sandbox changed (a selection or a hover survives
+      // the refresh); otherwise only the ages move on.
+      const key = JSON.stringify(sandboxes);
+      if (key !== shown) {
+        shown = key;
+        replace(list, sandboxes.length ? sandboxTable(sandboxes) : h('p', { class: 'empty' }, 'No sandboxes yet: create one above.'));
+      } else {
+        updateAges(list);
+      }
     } catch (error) {
+      shown = null;
       if (!stopped) replace(list, h('p', { class: 'error-text' }, error.describe ? error.describe() : error.message));
     }
     if (!stopped) timer = setTimeout(refresh, REFRESH_MS);
@@ -65,10 +75,17 @@ function sandboxTable(sandboxes) {
       h('td', {}, sandbox.backend),
       h('td', {}, resources(sandbox.resources)),
       h('td', {}, sandbox.network),
-      h('td', { title: new Date(sandbox.created_at_ms).toLocaleString() }, age(sandbox.created_at_ms, now),
-        sandbox.expires_at_ms ? h('span', { class: 'muted' }, ` (ends in ${age(now, sandbox.expires_at_ms)})`) : null),
+      h('td', { title: new Date(sandbox.created_at_ms).toLocaleString() },
+        h('span', { dataset: { since: sandbox.created_at_ms } }, age(sandbox.created_at_ms, now)),
+        sandbox.expires_at_ms ? h('span', { class: 'muted', dataset: { until: sandbox.expires_at_ms } }, ` (ends in ${age(now, sandbox.expires_at_ms)})`) : null),
       h('td', {}, Object.entries(sandbox.labels || {}).map(([key, value]) => h('span', { class: 'label' }, `${key}=${value}`))),
     ))));
+}
+
+function updateAges(list) {
+  const now = Date.now();
+  for (const element of list.querySelectorAll('[data-since]')) element.textContent = age(Number(element.dataset.since), now);
+  for (const element of list.querySelectorAll('[data-until]')) element.textContent = ` (ends in ${age(now, Number(element.dataset.until))})`;
 }
 
 function createPanel(info) {

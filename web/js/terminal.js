@@ -124,6 +124,7 @@ export function terminalPanel(sandbox, backend) {
     }
     if (disposed) return;
     const session = new WebSocket(url);
+    let started = false;
     socket = session;
     session.binaryType = 'arraybuffer';
     session.onopen = () => {
@@ -141,6 +142,7 @@ export function terminalPanel(sandbox, backend) {
       }
       const control = JSON.parse(message.data);
       if (control.type === 'started') {
+        started = true;
         setState('connected');
         terminal.focus();
       } else if (control.type === 'exit') {
@@ -157,7 +159,12 @@ export function terminalPanel(sandbox, backend) {
       if (socket !== session) return;
       socket = null;
       if (!disposed) {
-        if (state.textContent === 'connected' || state.textContent === 'connecting…') setState('disconnected');
+        if (!started && state.textContent === 'connecting…') {
+          // Refused before the shell started: a browser is not told why (401, 404 …).
+          setState('the server refused the terminal connection (does it need an API key?)', true);
+        } else if (state.textContent === 'connected') {
+          setState('disconnected');
+        }
         restart.hidden = false;
       }
     };
