@@ -79,9 +79,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> ApiResult<Response> 
         .into_response())
 }
 
-/// What the UI's pages may load and connect to: only this server (no CDN, no other
-/// site), inline styles for xterm.js, never framed by another page.
-const UI_CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+/// What the UI's pages may load and connect to: scripts, styles and images from this
+/// server only (no CDN), inline styles for xterm.js, never framed by another page. Fetches
+/// go to this server; WebSockets to the URL the server hands out for a terminal, whose
+/// host name may be spelled otherwise than the page's (`127.0.0.1` / `localhost`).
+const UI_CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 /// `GET /`: the web UI's page.
 pub async fn ui_index() -> Response {
