@@ -109,7 +109,7 @@ function createPanel(info) {
     input: h('input', { type: 'number', min: '0', step: spec.step, name: spec.field, id: `create-${spec.field}`, placeholder: spec.placeholder }),
   }));
   const hint = h('p', { class: 'hint' });
-  const error = h('p', { class: 'error-text', role: 'alert' });
+  const error = h('p', { class: 'error-text', role: 'alert', id: 'create-error' });
   const submit = h('button', { type: 'submit', class: 'primary', id: 'create-submit' }, 'Create sandbox');
 
   // What the chosen backend enforces: limits it cannot enforce are disabled, not ignored.

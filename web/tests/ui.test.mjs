@@ -70,6 +70,12 @@ async function session({ context, page }) {
     await page.waitForSelector('#sandbox-list, .empty');
     check((await page.title()) === 'Cthulu', `the title is ${await page.title()}`);
 
+    step('a malformed label is refused before anything is sent');
+    await page.fill('#create-labels', 'made-by');
+    await page.click('#create-submit');
+    await page.waitForFunction(() => document.querySelector('#create-error')?.textContent === 'label "made-by" is not key=value');
+    check(new URL(page.url()).hash === '' || new URL(page.url()).hash === '#/', `the page went to ${page.url()}`);
+
     step('create a sandbox from the form');
     await page.fill('#create-labels', 'made-by=ui-test');
     await page.click('#create-submit');
