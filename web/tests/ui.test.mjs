@@ -107,7 +107,7 @@ async function session({ context, page }) {
     await waitForTerminalLine(page, UPLOADED_TEXT.trim(), 'cat the uploaded file');
 
     step('serve it on an exposed port and follow the link');
-    await typeInTerminal(page, `python3 -m http.server ${PORT} --bind 127.0.0.1 --directory /workspace >/dev/null 2>&1 &`);
+    await typeInTerminal(page, `python3 -m http.server ${PORT} --bind 127.0.0.1 >/dev/null 2>&1 &`);
     await typeInTerminal(page, `until python3 -c 'import socket; socket.create_connection(("127.0.0.1", ${PORT}))' 2>/dev/null; do sleep 0.2; done; echo port-ready`);
     await waitForTerminalLine(page, 'port-ready', 'the web server in the sandbox');
     await page.fill('#port-number', String(PORT));

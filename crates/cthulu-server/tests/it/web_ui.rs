@@ -12,6 +12,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use cthulu_core::conformance::report_skip;
 use cthulu_test_support::{fake_agent, target_dir, transcripts_dir, TestServer};
+use cthulu_types::BackendKind;
 use serde_json::{json, Value};
 
 use crate::support::Api;
@@ -238,12 +239,12 @@ fn artifacts() -> PathBuf {
 
 /// Runs `node web/tests/<script> <server url> <artifact dir> <extra>` and asserts that it
 /// passed, printing its steps and the failure otherwise.
-async fn run_browser_test(script: &str, url: &str, extra: &[&str]) {
+async fn run_browser_test(script: &str, url: &str, artifacts: &Path, extra: &[&str]) {
     let mut command = Command::new("node");
     command
         .arg(web().join("tests").join(script))
         .arg(url)
-        .arg(artifacts())
+        .arg(artifacts)
         .args(extra);
     let output = tokio::task::spawn_blocking(move || command.output().expect("node runs"))
         .await
@@ -255,7 +256,7 @@ async fn run_browser_test(script: &str, url: &str, extra: &[&str]) {
     assert!(
         output.status.success() && stdout.contains("ok web-ui"),
         "{script} failed (screenshots in {}):\n{stdout}\n{stderr}",
-        artifacts().display()
+        artifacts.display()
     );
 }
 
@@ -276,18 +277,37 @@ async fn destroy_all(api: &Api) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_person_uses_the_ui_in_a_headless_browser() {
+    person_session(None, artifacts()).await;
+}
+
+/// The same session on the host backend, the default where namespaces cannot run: its
+/// sandboxes share the machine's network and see host paths.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_uses_the_ui_on_the_host_backend() {
+    person_session(Some(BackendKind::Host), artifacts().join("host")).await;
+}
+
+/// Runs web/tests/ui.test.mjs on a server whose default backend is `backend` (the
+/// server's own choice when `None`), with a finished and a live agent run to look at.
+async fn person_session(backend: Option<BackendKind>, artifacts: PathBuf) {
     if let Err(reason) = browser_test_possible() {
         report_skip(&format!("SKIP web-ui: {reason}"));
         return;
     }
-    let server = TestServer::start_with_agents(&fake_agent_definitions()).await;
+    let server = TestServer::start_configured(&fake_agent_definitions(), |config| {
+        config.default_backend = backend;
+    })
+    .await;
     let api = Api::new(&server);
     let finished_run = run_until(&api, "fake-fixer", "succeeded").await;
     let live_run = run_until(&api, "fake-hang", "running").await;
     let outcome = tokio::spawn({
         let url = server.url().to_owned();
         let live_run = live_run.clone();
-        async move { run_browser_test("ui.test.mjs", &url, &[&finished_run, &live_run]).await }
+        let artifacts = artifacts.clone();
+        async move {
+            run_browser_test("ui.test.mjs", &url, &artifacts, &[&finished_run, &live_run]).await
+        }
     })
     .await;
     // Whatever happened in the browser, no run or sandbox outlives the test.
@@ -301,7 +321,7 @@ async fn a_person_uses_the_ui_in_a_headless_browser() {
         "the UI left sandboxes behind: {leftover:?}"
     );
     for screenshot in ["sandbox.png", "sandboxes.png", "run.png"] {
-        let path = artifacts().join(screenshot);
+        let path = artifacts.join(screenshot);
         let size = std::fs::metadata(&path)
             .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
             .len();
@@ -317,5 +337,5 @@ async fn the_ui_asks_for_an_api_key_refuses_a_wrong_one_and_keeps_the_right_one(
     }
     let server = TestServer::start().await;
     let key = cthulu_server::create_api_key(server.home(), Some("browser")).unwrap();
-    run_browser_test("auth.test.mjs", server.url(), &[&key]).await;
+    run_browser_test("auth.test.mjs", server.url(), &artifacts(), &[&key]).await;
 }
