@@ -12,4 +12,5 @@ mod openapi;
 mod restart;
 mod runs;
 mod support;
+mod web_ui;
 mod websocket;
