@@ -148,6 +148,8 @@ pub struct Machine {
 
 /// The guest's static address under QEMU's user-mode network.
 const GUEST_NET: &str = "10.0.2.15/24,10.0.2.2,10.0.2.3";
+/// The address of [`GUEST_NET`], as the node's `/vms` API shows it.
+pub(crate) const GUEST_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 15);
 
 impl Qemu {
     /// The command line of `machine`.
@@ -398,5 +400,6 @@ mod tests {
         assert!(has_pair(&args, "-netdev", "user,id=net0"));
         let append = &args[args.iter().position(|arg| arg == "-append").unwrap() + 1];
         assert!(append.contains("cthulu.net=10.0.2.15/24"), "{append}");
+        assert!(GUEST_NET.starts_with(&format!("{GUEST_ADDRESS}/")));
     }
 }

@@ -273,6 +273,10 @@ impl SandboxHandle for NamespaceSandbox {
         self.lock().status
     }
 
+    fn host_pid(&self) -> Option<u32> {
+        u32::try_from(self.init_pid()).ok()
+    }
+
     async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput, SandboxError> {
         self.run_exec(spec).await
     }

@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub warm_vms: usize,
     /// Agent runs: limits and the agents file.
     pub runs: crate::runs::RunsConfig,
+    /// The one bearer token of every route, in place of API keys (`cthulu node`); `None`:
+    /// API keys, once one exists.
+    pub access_token: Option<crate::AccessToken>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +98,9 @@ pub struct Server {
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
+    access_token: Option<crate::AccessToken>,
+    /// Routes served beside the API, behind the same authentication ([`Server::with_routes`]).
+    extra_routes: axum::Router,
 }
 
 fn database_path(home: &Path) -> PathBuf {
@@ -212,11 +218,24 @@ impl Server {
             state,
             listener,
             local_addr,
+            access_token: config.access_token,
+            extra_routes: axum::Router::new(),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The server's state, for code that serves more than the API (a node's `/vms`).
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Adds routes served beside the API and behind its authentication.
+    pub fn with_routes(mut self, routes: axum::Router) -> Server {
+        self.extra_routes = self.extra_routes.merge(routes);
+        self
     }
 
     /// Serves until `shutdown` completes, then gives open connections a few seconds.
@@ -226,7 +245,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let reaper = self.state.spawn_reaper(REAPER_PERIOD);
-        let app = crate::routes::router(self.state.clone());
+        let app = crate::routes::router(self.state.clone(), self.access_token, self.extra_routes);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             shutdown.await;

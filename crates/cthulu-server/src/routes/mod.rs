@@ -21,6 +21,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use cthulu_types::{ErrorCode, SandboxId};
 
+use crate::access_token::AccessToken;
 use crate::error::{ApiFailure, ApiResult};
 use crate::state::AppState;
 
@@ -56,7 +57,23 @@ pub fn sandbox_id(raw: &str) -> ApiResult<SandboxId> {
     })
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
+/// What the middleware checking bearer tokens needs.
+#[derive(Clone)]
+struct Authentication {
+    state: Arc<AppState>,
+    /// When set, the one token every route accepts, in place of the API keys.
+    access_token: Option<Arc<AccessToken>>,
+}
+
+/// The whole application: the API, `extra` routes (a node's `/vms`, behind the same
+/// authentication as the API), and the public pages. With an `access_token`, every route,
+/// the public pages included, needs it and API keys are not consulted.
+pub fn router(state: Arc<AppState>, access_token: Option<AccessToken>, extra: Router) -> Router {
+    let authentication = Authentication {
+        state: state.clone(),
+        access_token: access_token.map(Arc::new),
+    };
+    let fixed_token = authentication.access_token.is_some();
     let api = Router::new()
         .route("/info", get(system::info))
         .route("/openapi.json", get(system::openapi))
@@ -121,19 +138,29 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/runs/{id}", get(runs::get).delete(runs::cancel))
         .route("/runs/{id}/events", get(runs::events))
         .route("/runs/{id}/changes.tar", get(runs::changes_archive));
-    Router::new()
+    let authenticated = Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(system::metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state.clone())
+        .merge(extra)
+        .route_layer(middleware::from_fn_with_state(
+            authentication.clone(),
+            authenticate,
+        ));
+    let public = Router::new()
         .route("/healthz", get(system::healthz))
         .route("/", get(system::status_page))
         .fallback(not_found)
+        .with_state(state.clone());
+    let public = if fixed_token {
+        public.layer(middleware::from_fn_with_state(authentication, authenticate))
+    } else {
+        public
+    };
+    authenticated
+        .merge(public)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            count_responses,
-        ))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state, count_responses))
 }
 
 async fn not_found() -> ApiFailure {
@@ -141,25 +168,32 @@ async fn not_found() -> ApiFailure {
         .with_hint("see docs/api.md or GET /api/v1/openapi.json")
 }
 
-/// Once an API key exists, every request needs `Authorization: Bearer <key>`.
+/// With an access token, every request needs `Authorization: Bearer <token>`; without,
+/// once an API key exists, every request needs `Authorization: Bearer <key>`.
 async fn authenticate(
-    State(state): State<Arc<AppState>>,
+    State(authentication): State<Authentication>,
     request: Request,
     next: Next,
 ) -> Response {
-    match check_token(&state, &request) {
+    match check_token(&authentication, &request) {
         Ok(()) => next.run(request).await,
         Err(failure) => failure.into_response(),
     }
 }
 
-fn check_token(state: &AppState, request: &Request) -> ApiResult<()> {
-    if !state.db.has_api_keys()? {
+fn check_token(authentication: &Authentication, request: &Request) -> ApiResult<()> {
+    let state = &authentication.state;
+    let fixed = authentication.access_token.as_deref();
+    if fixed.is_none() && !state.db.has_api_keys()? {
         return Ok(());
     }
     let unauthorized = |message: &str| {
-        ApiFailure::new(ErrorCode::Unauthorized, message)
-            .with_hint("send Authorization: Bearer <key> (CLI: export CTHULU_TOKEN=<key>); create a key with `cthulu key create`")
+        let failure = ApiFailure::new(ErrorCode::Unauthorized, message);
+        if fixed.is_some() {
+            failure.with_hint("send Authorization: Bearer <token>, the node's --token")
+        } else {
+            failure.with_hint("send Authorization: Bearer <key> (CLI: export CTHULU_TOKEN=<key>); create a key with `cthulu key create`")
+        }
     };
     let header = request
         .headers()
@@ -171,6 +205,13 @@ fn check_token(state: &AppState, request: &Request) -> ApiResult<()> {
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or_else(|| unauthorized("the Authorization header is not `Bearer <key>`"))?;
+    if let Some(fixed) = fixed {
+        return if fixed.matches(token) {
+            Ok(())
+        } else {
+            Err(unauthorized("invalid token"))
+        };
+    }
     if state.db.api_key_valid(token)? {
         Ok(())
     } else {
