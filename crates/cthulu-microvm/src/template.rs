@@ -18,6 +18,8 @@ pub struct GuestImage {
     pub version: String,
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
+    /// The image's ext4 root filesystem, when it has one.
+    pub rootfs: Option<PathBuf>,
 }
 
 /// What a template is made for: VMs of one image, size and network.
@@ -49,6 +51,9 @@ pub struct Template {
     pub dir: PathBuf,
     pub ram: PathBuf,
     pub state: PathBuf,
+    /// The root disk as the template left it (a qcow2 overlay over the image's root
+    /// filesystem), when the image has one: clones get overlays over it.
+    pub disk: Option<PathBuf>,
     /// How long booting it took, when this call made it.
     pub boot: Option<std::time::Duration>,
 }
@@ -58,6 +63,10 @@ pub const STATE_FILE: &str = "vmstate";
 /// The boot files are copied in: a template must not change when its image is rebuilt.
 pub const KERNEL_FILE: &str = "vmlinuz";
 pub const INITRAMFS_FILE: &str = "initramfs";
+/// The image's root filesystem, linked in (images are never changed in place: a rebuild
+/// installs new files, so the link keeps the old content).
+pub const ROOTFS_FILE: &str = "rootfs.ext4";
+pub use crate::qemu::DISK_FILE;
 
 /// The templates under one directory; makes each at most once at a time.
 #[derive(Debug)]
@@ -90,11 +99,13 @@ impl Templates {
         let existing = || {
             let ram = dir.join(RAM_FILE);
             let state = dir.join(STATE_FILE);
+            let disk = Some(dir.join(DISK_FILE)).filter(|disk| disk.is_file());
             (ram.is_file() && state.is_file()).then(|| Template {
                 name: name.clone(),
                 dir: dir.clone(),
                 ram,
                 state,
+                disk,
                 boot: None,
             })
         };
@@ -142,6 +153,17 @@ impl Templates {
         let result = async {
             fs_err::copy(&image.kernel, scratch.join(KERNEL_FILE))?;
             fs_err::copy(&image.initramfs, scratch.join(INITRAMFS_FILE))?;
+            let disk = match &image.rootfs {
+                Some(rootfs) => {
+                    link_or_copy(rootfs, &scratch.join(ROOTFS_FILE))?;
+                    // Relative: the overlay follows the directory when it is renamed.
+                    qemu.create_overlay(Path::new(ROOTFS_FILE), "raw", &scratch.join(DISK_FILE))
+                        .await
+                        .map_err(VmError::Launch)?;
+                    Some(scratch.join(DISK_FILE))
+                }
+                None => None,
+            };
             let machine = Machine {
                 dir: scratch.clone(),
                 memory_mib: key.memory_mib,
@@ -150,6 +172,7 @@ impl Templates {
                 kernel: scratch.join(KERNEL_FILE),
                 initramfs: scratch.join(INITRAMFS_FILE),
                 ram: Ram::Shared(scratch.join(RAM_FILE)),
+                disk,
                 incoming: false,
             };
             let started = std::time::Instant::now();
@@ -171,9 +194,12 @@ impl Templates {
         .await;
         match result {
             Ok(boot) => {
-                for name in [RAM_FILE, STATE_FILE] {
-                    // Clones map the file: it must never change again.
+                for name in [RAM_FILE, STATE_FILE, DISK_FILE] {
+                    // Clones map the RAM and read the disk: they must never change again.
                     let path = scratch.join(name);
+                    if name == DISK_FILE && !path.exists() {
+                        continue;
+                    }
                     let mut permissions = fs_err::metadata(&path)?.permissions();
                     permissions.set_readonly(true);
                     fs_err::set_permissions(&path, permissions)?;
@@ -224,6 +250,15 @@ impl Templates {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
+    }
+}
+
+/// Hard-links `from` to `to`, or copies it where a link cannot be made (another
+/// filesystem).
+fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    match fs_err::hard_link(from, to) {
+        Ok(()) => Ok(()),
+        Err(_) => fs_err::copy(from, to).map(|_| ()),
     }
 }
 

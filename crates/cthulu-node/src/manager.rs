@@ -116,7 +116,7 @@ impl VmManager {
 
     fn full(&self) -> ApiFailure {
         ApiFailure::new(
-            ErrorCode::BackendUnavailable,
+            ErrorCode::CapacityExceeded,
             format!(
                 "this node holds its maximum of {} VMs",
                 self.settings.max_vms

@@ -21,8 +21,8 @@ pub const DEFAULT_WEB_PORT_BASE: u16 = 7700;
 /// How to start a node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// The server underneath: home, listen address, backends. Its `access_token` and
-    /// `default_backend` are set from the fields below.
+    /// The server underneath: home, listen address, backends. Its `access_token`,
+    /// `default_backend` and `max_sandboxes` are set from the fields below.
     pub server: ServerConfig,
     /// The bearer token of every call.
     pub token: AccessToken,
@@ -65,6 +65,8 @@ impl Node {
         let mut server_config = config.server;
         server_config.access_token = Some(config.token);
         server_config.default_backend = Some(config.backend);
+        // One limit for /vms and /api/v1 sandboxes alike.
+        server_config.max_sandboxes = Some(config.max_vms);
         let home = server_config.home.clone();
         let server = Server::start(server_config).await?;
         let listen = server.local_addr();

@@ -58,6 +58,8 @@ pub struct ServerConfig {
     /// The one bearer token of every route, in place of API keys (`cthulu node`); `None`:
     /// API keys, once one exists.
     pub access_token: Option<crate::AccessToken>,
+    /// The most sandboxes held at once (a node's `--max-vms`); `None`: no limit.
+    pub max_sandboxes: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +190,10 @@ impl Server {
         let agents = crate::runs::load_agents(&config.runs, &config.home)?;
         let runs =
             crate::runs::RunManager::new(config.runs.clone(), agents, config.home.join("runs"));
-        let state = Arc::new(AppState::new(db, providers, default_backend, runs));
+        let state = Arc::new(
+            AppState::new(db, providers, default_backend, runs)
+                .with_max_sandboxes(config.max_sandboxes),
+        );
         state
             .reattach_all()
             .await

@@ -146,6 +146,7 @@ impl TestServer {
             // Agents come from `<home>/agents.json` ([`TestServer::start_with_agents`]).
             runs: cthulu_server::RunsConfig::default(),
             access_token: None,
+            max_sandboxes: None,
         };
         configure(&mut config);
         let server = Server::start(config).await.expect("the server starts");

@@ -30,7 +30,7 @@ pub use exec::{
 };
 pub use files::{DirEntry, DirListing, FileKind, FileWritten};
 pub use id::{IdError, SandboxId};
-pub use info::{BackendInfo, Capabilities, CheckpointSupport, LimitSupport, ServerInfo};
+pub use info::{BackendInfo, Capabilities, Capacity, CheckpointSupport, LimitSupport, ServerInfo};
 pub use ports::{ExposePortRequest, ExposedPort, PortList};
 pub use runs::{
     CreateRunRequest, Run, RunChanges, RunEvent, RunEventBody, RunList, RunStatus, RunTimings,
