@@ -39,6 +39,12 @@ pub struct NodeConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    #[error("cannot make the node's home {path} private")]
+    Home {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Server(#[from] ServerError),
     #[error(transparent)]
@@ -62,6 +68,7 @@ impl Node {
         if config.max_vms == 0 {
             return Err(NodeError::NoVms);
         }
+        private_home(&config.server.home)?;
         let mut server_config = config.server;
         server_config.access_token = Some(config.token);
         server_config.default_backend = Some(config.backend);
@@ -109,6 +116,17 @@ impl Node {
         self.manager.stop_terminals();
         Ok(outcome?)
     }
+}
+
+/// Creates the home, readable by its owner only: it holds the terminal secrets.
+fn private_home(home: &std::path::Path) -> Result<(), NodeError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let failed = |source| NodeError::Home {
+        path: home.to_owned(),
+        source,
+    };
+    fs_err::create_dir_all(home).map_err(failed)?;
+    fs_err::set_permissions(home, std::fs::Permissions::from_mode(0o700)).map_err(failed)
 }
 
 /// The listen address, unless it is a wildcard, which no client can connect to: then

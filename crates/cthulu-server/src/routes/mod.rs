@@ -195,10 +195,13 @@ fn check_token(authentication: &Authentication, request: &Request) -> ApiResult<
             failure.with_hint("send Authorization: Bearer <key> (CLI: export CTHULU_TOKEN=<key>); create a key with `cthulu key create`")
         }
     };
-    let header = request
-        .headers()
-        .get(AUTHORIZATION)
-        .ok_or_else(|| unauthorized("missing API key"))?;
+    let header = request.headers().get(AUTHORIZATION).ok_or_else(|| {
+        unauthorized(if fixed.is_some() {
+            "missing token"
+        } else {
+            "missing API key"
+        })
+    })?;
     let token = header
         .to_str()
         .ok()
