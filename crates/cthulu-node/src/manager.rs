@@ -217,7 +217,11 @@ impl VmManager {
             };
             if gone {
                 tracing::info!(vm_id = record.vm_id, %sandbox_id, "vm forgotten: its sandbox was destroyed");
-                self.forget(record.vm_id)?;
+                // Its terminal stops in the background: this is a read.
+                if let Some(terminal) = self.terminals().remove(&record.vm_id) {
+                    tokio::spawn(terminal.stop());
+                }
+                self.table.remove(record.vm_id).map_err(table_failure)?;
             } else {
                 live.push(record);
             }
@@ -225,8 +229,12 @@ impl VmManager {
         Ok(live)
     }
 
-    fn forget(&self, vm_id: u32) -> ApiResult<()> {
-        self.terminals().remove(&vm_id);
+    /// Stops the VM's terminal (its port is free when this returns) and forgets it.
+    async fn forget(&self, vm_id: u32) -> ApiResult<()> {
+        let terminal = self.terminals().remove(&vm_id);
+        if let Some(terminal) = terminal {
+            terminal.stop().await;
+        }
         self.table.remove(vm_id).map_err(table_failure)
     }
 
@@ -262,7 +270,7 @@ impl VmManager {
         if let Some(sandbox_id) = &record.sandbox_id {
             self.app.destroy(sandbox_id).await?;
         }
-        self.forget(record.vm_id)?;
+        self.forget(record.vm_id).await?;
         tracing::info!(vm_id = record.vm_id, "vm deleted");
         Ok(record.vm_id)
     }
@@ -342,9 +350,17 @@ impl VmManager {
         }
     }
 
-    /// Stops every terminal (the node stops; the VMs stay).
-    pub fn stop_terminals(&self) {
-        self.terminals().clear();
+    /// Stops every terminal (the node stops; the VMs stay); their ports are free when
+    /// this returns.
+    pub async fn stop_terminals(&self) {
+        let terminals: Vec<TerminalServer> = self
+            .terminals()
+            .drain()
+            .map(|(_, terminal)| terminal)
+            .collect();
+        for terminal in terminals {
+            terminal.stop().await;
+        }
     }
 }
 

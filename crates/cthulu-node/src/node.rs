@@ -113,7 +113,7 @@ impl Node {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), NodeError> {
         let outcome = self.server.run_until(shutdown).await;
-        self.manager.stop_terminals();
+        self.manager.stop_terminals().await;
         Ok(outcome?)
     }
 }

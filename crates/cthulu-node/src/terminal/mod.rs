@@ -16,6 +16,7 @@ pub mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
@@ -56,7 +57,11 @@ pub struct TerminalContext {
 pub struct TerminalServer {
     address: SocketAddr,
     stop: watch::Sender<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// How long [`TerminalServer::stop`] waits for the listener and its sessions to end.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Shared {
     context: TerminalContext,
@@ -76,7 +81,7 @@ impl TerminalServer {
             stopping: stopping.clone(),
         });
         let mut shutdown = stopping;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let served = axum::serve(listener, router(shared))
                 .with_graceful_shutdown(async move {
                     let _ = shutdown.changed().await;
@@ -86,11 +91,27 @@ impl TerminalServer {
                 tracing::error!(vm_id, %error, "the terminal listener failed");
             }
         });
-        TerminalServer { address, stop }
+        TerminalServer {
+            address,
+            stop,
+            task: Some(task),
+        }
     }
 
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// Stops serving and returns once the port is free again (a new node or VM can bind
+    /// it) and the sessions have ended.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(());
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(STOP_TIMEOUT, &mut task).await.is_err() {
+                tracing::warn!(address = %self.address, "a terminal listener did not stop within {STOP_TIMEOUT:?}");
+                task.abort();
+            }
+        }
     }
 }
 

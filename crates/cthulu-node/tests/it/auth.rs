@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::support::{Api, Options, TestNode, TOKEN};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_refuses_a_missing_or_wrong_token() {
     let Some(node) = TestNode::start(Options::default()).await else {
         return;
@@ -66,7 +66,7 @@ async fn every_route_refuses_a_missing_or_wrong_token() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_do_not_replace_the_node_token() {
     let Some(node) = TestNode::start(Options::default()).await else {
         return;

@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::support::{Options, TestNode};
 use crate::ttyd::TtydClient;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qemu_vm_gets_a_working_terminal() {
     let Some(node) = TestNode::start(Options {
         backend: cthulu_types::BackendKind::Qemu,

@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::support::{Options, TestNode};
 use crate::ttyd::TtydClient;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vms_and_their_terminals_survive_a_restart() {
     let Some(node) = TestNode::start(Options::default()).await else {
         return;
@@ -51,5 +51,4 @@ async fn vms_and_their_terminals_survive_a_restart() {
         .await;
     assert_eq!(status, 200, "{vm}");
     assert_eq!(vm["vm_id"], 0);
-    node.cleanup().await;
 }

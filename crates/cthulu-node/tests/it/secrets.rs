@@ -44,7 +44,7 @@ impl CapturedLogs {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_key_is_env_in_sessions_and_nowhere_else() {
     let logs = CapturedLogs::install();
     let Some(node) = TestNode::start(Options::default()).await else {
@@ -103,7 +103,6 @@ async fn the_api_key_is_env_in_sessions_and_nowhere_else() {
     assert!(!stdout.contains("grep exit 0"), "{stdout}");
     let token = ttyd::fetch_token(web_terminal).await;
     client.close().await;
-    node.cleanup().await;
 
     let secret = web_terminal.rsplit('/').next().unwrap();
     let logged = logs.text();

@@ -157,16 +157,6 @@ impl TestNode {
         }
     }
 
-    /// Deletes every VM, so no sandbox outlives the test.
-    pub async fn cleanup(&self) {
-        let (_, list) = self.api.get("/vms").await;
-        if let Some(vms) = list["vms"].as_object() {
-            for vm_id in vms.keys() {
-                self.api.delete(&format!("/vms/{vm_id}")).await;
-            }
-        }
-    }
-
     /// The sandbox id of VM `vm_id`, from its label.
     pub async fn sandbox_of(&self, vm_id: u64) -> String {
         let (status, list) = self
@@ -183,7 +173,28 @@ impl TestNode {
 }
 
 impl Drop for TestNode {
+    /// A test that failed half-way still leaves no sandbox behind: its VMs are deleted
+    /// from another thread while the node (on the test's multi-threaded runtime) serves.
     fn drop(&mut self) {
+        if self.shutdown.is_some() {
+            let url = self.url.clone();
+            let cleanup = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the cleanup");
+                runtime.block_on(async move {
+                    let api = Api::new(&url, Some(TOKEN));
+                    let (_, list) = api.get("/vms").await;
+                    if let Some(vms) = list["vms"].as_object() {
+                        for vm_id in vms.keys() {
+                            api.delete(&format!("/vms/{vm_id}")).await;
+                        }
+                    }
+                });
+            });
+            let _ = cleanup.join();
+        }
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }

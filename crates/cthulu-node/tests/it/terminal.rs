@@ -33,7 +33,7 @@ async fn processes(node: &TestNode, vm_id: u64) -> Vec<Value> {
     list["processes"].as_array().expect("processes").clone()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ttyd_client_gets_a_shell_from_the_url_alone() {
     let Some(node) = TestNode::start(Options::default()).await else {
         return;
@@ -72,10 +72,9 @@ async fn a_ttyd_client_gets_a_shell_from_the_url_alone() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    node.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_token_and_assets_need_the_secret() {
     let Some(node) = TestNode::start(Options::default()).await else {
         return;
@@ -144,10 +143,9 @@ async fn the_page_token_and_assets_need_the_secret() {
             assert!(!body.contains(secret), "{body}");
         }
     }
-    node.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_or_missing_handshake_is_closed_without_starting_anything() {
     let Some(node) = TestNode::start(Options::default()).await else {
         return;
@@ -201,5 +199,4 @@ async fn a_wrong_or_missing_handshake_is_closed_without_starting_anything() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
-    node.cleanup().await;
 }

@@ -29,7 +29,7 @@ fn assert_vm_shape(vm: &Value, vm_id: u64, tier: &str, web_port: u16) {
     assert_eq!(vm.as_object().unwrap().len(), 8, "{vm}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vms_are_created_listed_got_and_deleted_with_the_earlier_shapes() {
     let Some(node) = TestNode::start(Options::default()).await else {
         return;
@@ -108,10 +108,9 @@ async fn vms_are_created_listed_got_and_deleted_with_the_earlier_shapes() {
     assert_eq!(status, 200, "{again}");
     assert_vm_shape(&again, 0, "nano", base);
     assert_ne!(again["web_terminal"], nano["web_terminal"], "a new secret");
-    node.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_create_requests_are_refused_and_create_nothing() {
     let Some(node) = TestNode::start(Options::default()).await else {
         return;
@@ -152,7 +151,7 @@ async fn bad_create_requests_are_refused_and_create_nothing() {
 
 use crate::support::Api;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_past_the_limit_are_refused_cleanly_until_a_vm_is_deleted() {
     let Some(node) = TestNode::start(Options {
         max_vms: 2,
@@ -206,10 +205,9 @@ async fn creates_past_the_limit_are_refused_cleanly_until_a_vm_is_deleted() {
         .await;
     assert_eq!(status, 200, "{vm}");
     assert_eq!(vm["vm_id"], 1);
-    node.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_whose_sandbox_is_destroyed_through_the_api_disappears() {
     let Some(node) = TestNode::start(Options::default()).await else {
         return;
