@@ -205,7 +205,7 @@ impl VmManager {
 
     /// The complete VMs. One whose sandbox was destroyed meanwhile (through
     /// `/api/v1`, or its lifetime ended) is forgotten here.
-    fn live_records(&self) -> ApiResult<Vec<VmRecord>> {
+    async fn live_records(&self) -> ApiResult<Vec<VmRecord>> {
         let mut live = Vec::new();
         for record in self.table.list().map_err(table_failure)? {
             let Some(sandbox_id) = &record.sandbox_id else {
@@ -217,11 +217,7 @@ impl VmManager {
             };
             if gone {
                 tracing::info!(vm_id = record.vm_id, %sandbox_id, "vm forgotten: its sandbox was destroyed");
-                // Its terminal stops in the background: this is a read.
-                if let Some(terminal) = self.terminals().remove(&record.vm_id) {
-                    tokio::spawn(terminal.stop());
-                }
-                self.table.remove(record.vm_id).map_err(table_failure)?;
+                self.forget(record.vm_id).await?;
             } else {
                 live.push(record);
             }
@@ -239,9 +235,10 @@ impl VmManager {
     }
 
     /// `GET /vms`.
-    pub fn list(&self) -> ApiResult<VmList> {
+    pub async fn list(&self) -> ApiResult<VmList> {
         let vms: BTreeMap<String, VmResponse> = self
-            .live_records()?
+            .live_records()
+            .await?
             .iter()
             .map(|record| (record.vm_id.to_string(), self.describe(record)))
             .collect();
@@ -251,22 +248,23 @@ impl VmManager {
         })
     }
 
-    fn live_record(&self, raw_id: &str) -> ApiResult<VmRecord> {
+    async fn live_record(&self, raw_id: &str) -> ApiResult<VmRecord> {
         let vm_id: u32 = raw_id.parse().map_err(|_| not_found(raw_id))?;
-        self.live_records()?
+        self.live_records()
+            .await?
             .into_iter()
             .find(|record| record.vm_id == vm_id)
             .ok_or_else(|| not_found(raw_id))
     }
 
     /// `GET /vms/{id}`.
-    pub fn get(&self, raw_id: &str) -> ApiResult<VmResponse> {
-        Ok(self.describe(&self.live_record(raw_id)?))
+    pub async fn get(&self, raw_id: &str) -> ApiResult<VmResponse> {
+        Ok(self.describe(&self.live_record(raw_id).await?))
     }
 
     /// `DELETE /vms/{id}`: destroys the sandbox, stops the terminal, forgets the VM.
     pub async fn delete(&self, raw_id: &str) -> ApiResult<u32> {
-        let record = self.live_record(raw_id)?;
+        let record = self.live_record(raw_id).await?;
         if let Some(sandbox_id) = &record.sandbox_id {
             self.app.destroy(sandbox_id).await?;
         }
@@ -276,10 +274,10 @@ impl VmManager {
     }
 
     /// `GET /health`.
-    pub fn health(&self) -> ApiResult<NodeHealth> {
+    pub async fn health(&self) -> ApiResult<NodeHealth> {
         Ok(NodeHealth {
             status: "ok".into(),
-            active_vms: self.live_records()?.len() as u32,
+            active_vms: self.live_records().await?.len() as u32,
             max_vms: self.settings.max_vms as u32,
         })
     }

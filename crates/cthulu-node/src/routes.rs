@@ -28,14 +28,14 @@ async fn create(
 }
 
 async fn list(State(manager): State<Arc<VmManager>>) -> ApiResult<ApiJson<VmList>> {
-    Ok(ApiJson(manager.list()?))
+    Ok(ApiJson(manager.list().await?))
 }
 
 async fn get_one(
     State(manager): State<Arc<VmManager>>,
     Path(id): Path<String>,
 ) -> ApiResult<ApiJson<VmResponse>> {
-    Ok(ApiJson(manager.get(&id)?))
+    Ok(ApiJson(manager.get(&id).await?))
 }
 
 async fn delete(
@@ -50,5 +50,5 @@ async fn delete(
 }
 
 async fn health(State(manager): State<Arc<VmManager>>) -> ApiResult<ApiJson<NodeHealth>> {
-    Ok(ApiJson(manager.health()?))
+    Ok(ApiJson(manager.health().await?))
 }

@@ -100,7 +100,6 @@ pub struct Server {
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
-    access_token: Option<crate::AccessToken>,
     /// Routes served beside the API, behind the same authentication ([`Server::with_routes`]).
     extra_routes: axum::Router,
 }
@@ -192,7 +191,8 @@ impl Server {
             crate::runs::RunManager::new(config.runs.clone(), agents, config.home.join("runs"));
         let state = Arc::new(
             AppState::new(db, providers, default_backend, runs)
-                .with_max_sandboxes(config.max_sandboxes),
+                .with_max_sandboxes(config.max_sandboxes)
+                .with_access_token(config.access_token.clone()),
         );
         state
             .reattach_all()
@@ -223,7 +223,6 @@ impl Server {
             state,
             listener,
             local_addr,
-            access_token: config.access_token,
             extra_routes: axum::Router::new(),
         })
     }
@@ -250,7 +249,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let reaper = self.state.spawn_reaper(REAPER_PERIOD);
-        let app = crate::routes::router(self.state.clone(), self.access_token, self.extra_routes);
+        let app = crate::routes::router(self.state.clone(), self.extra_routes);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             shutdown.await;

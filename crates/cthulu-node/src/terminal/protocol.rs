@@ -188,6 +188,29 @@ mod tests {
         assert!(parse_client_frame(b"1{nope").is_err());
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, parsing answers (never panics), and a size is never
+        /// zero or past the clamp.
+        #[test]
+        fn any_bytes_parse_or_are_refused(data in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            if let Ok(handshake) = parse_handshake(&data) {
+                proptest::prop_assert!(handshake.size.cols >= 1 && handshake.size.cols <= 4096);
+                proptest::prop_assert!(handshake.size.rows >= 1 && handshake.size.rows <= 4096);
+            }
+            if let Ok(ClientFrame::Resize(size)) = parse_client_frame(&data) {
+                proptest::prop_assert!(size.cols >= 1 && size.rows >= 1);
+            }
+        }
+
+        #[test]
+        fn handshakes_round_trip(token in "[ -~]{0,64}", columns in 0u32..100_000, rows in 0u32..100_000) {
+            let json = serde_json::json!({"AuthToken": token, "columns": columns, "rows": rows});
+            let handshake = parse_handshake(json.to_string().as_bytes()).unwrap();
+            proptest::prop_assert_eq!(handshake.auth_token, token);
+            proptest::prop_assert_eq!(handshake.size, size(columns, rows));
+        }
+    }
+
     #[test]
     fn server_frames_lead_with_their_command() {
         assert_eq!(server_frame(OUTPUT, b"hi"), b"0hi");

@@ -64,6 +64,10 @@ async fn every_route_refuses_a_missing_or_wrong_token() {
         let (status, body) = node.api.get(path).await;
         assert_eq!(status, 200, "{path}: {body}");
     }
+    let (_, info) = node.api.get("/api/v1/info").await;
+    assert_eq!(info["auth_required"], true, "{info}");
+    assert_eq!(info["capacity"]["max_sandboxes"], 4, "{info}");
+    assert_eq!(info["default_backend"], "namespace", "{info}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,6 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use cthulu_types::{ErrorCode, SandboxId};
 
-use crate::access_token::AccessToken;
 use crate::error::{ApiFailure, ApiResult};
 use crate::state::AppState;
 
@@ -57,23 +56,12 @@ pub fn sandbox_id(raw: &str) -> ApiResult<SandboxId> {
     })
 }
 
-/// What the middleware checking bearer tokens needs.
-#[derive(Clone)]
-struct Authentication {
-    state: Arc<AppState>,
-    /// When set, the one token every route accepts, in place of the API keys.
-    access_token: Option<Arc<AccessToken>>,
-}
-
 /// The whole application: the API, `extra` routes (a node's `/vms`, behind the same
-/// authentication as the API), and the public pages. With an `access_token`, every route,
-/// the public pages included, needs it and API keys are not consulted.
-pub fn router(state: Arc<AppState>, access_token: Option<AccessToken>, extra: Router) -> Router {
-    let authentication = Authentication {
-        state: state.clone(),
-        access_token: access_token.map(Arc::new),
-    };
-    let fixed_token = authentication.access_token.is_some();
+/// authentication as the API), and the public pages. With an access token
+/// ([`AppState::access_token`]), every route, the public pages included, needs it and API
+/// keys are not consulted.
+pub fn router(state: Arc<AppState>, extra: Router) -> Router {
+    let fixed_token = state.access_token().is_some();
     let api = Router::new()
         .route("/info", get(system::info))
         .route("/openapi.json", get(system::openapi))
@@ -143,17 +131,14 @@ pub fn router(state: Arc<AppState>, access_token: Option<AccessToken>, extra: Ro
         .route("/metrics", get(system::metrics))
         .with_state(state.clone())
         .merge(extra)
-        .route_layer(middleware::from_fn_with_state(
-            authentication.clone(),
-            authenticate,
-        ));
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let public = Router::new()
         .route("/healthz", get(system::healthz))
         .route("/", get(system::status_page))
         .fallback(not_found)
         .with_state(state.clone());
     let public = if fixed_token {
-        public.layer(middleware::from_fn_with_state(authentication, authenticate))
+        public.layer(middleware::from_fn_with_state(state.clone(), authenticate))
     } else {
         public
     };
@@ -171,19 +156,18 @@ async fn not_found() -> ApiFailure {
 /// With an access token, every request needs `Authorization: Bearer <token>`; without,
 /// once an API key exists, every request needs `Authorization: Bearer <key>`.
 async fn authenticate(
-    State(authentication): State<Authentication>,
+    State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Response {
-    match check_token(&authentication, &request) {
+    match check_token(&state, &request) {
         Ok(()) => next.run(request).await,
         Err(failure) => failure.into_response(),
     }
 }
 
-fn check_token(authentication: &Authentication, request: &Request) -> ApiResult<()> {
-    let state = &authentication.state;
-    let fixed = authentication.access_token.as_deref();
+fn check_token(state: &AppState, request: &Request) -> ApiResult<()> {
+    let fixed = state.access_token();
     if fixed.is_none() && !state.db.has_api_keys()? {
         return Ok(());
     }
