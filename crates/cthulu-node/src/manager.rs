@@ -27,6 +27,8 @@ use crate::tier::Tier;
 pub const VM_ID_LABEL: &str = "cthulu.node.vm_id";
 /// The variable `api_key` becomes in the VM's sessions.
 pub const API_KEY_VARIABLE: &str = "ANTHROPIC_API_KEY";
+/// The longest `api_key` accepted (keys and OAuth tokens are a few hundred bytes).
+pub const MAX_API_KEY: usize = 16 * 1024;
 /// What `ssh_command` says until the node serves SSH: a shell comment, harmless if run.
 pub const SSH_UNAVAILABLE: &str = "# ssh is not served by this node yet; use web_terminal";
 
@@ -87,6 +89,13 @@ impl VmManager {
 
     /// `POST /vms`.
     pub async fn create(&self, request: &CreateVmRequest) -> ApiResult<VmResponse> {
+        if request.api_key.len() > MAX_API_KEY {
+            // Each process gets it in its environment, where the kernel caps one string.
+            return Err(ApiFailure::bad_request(format!(
+                "api_key is {} bytes, more than {MAX_API_KEY}",
+                request.api_key.len()
+            )));
+        }
         let tier = Tier::parse(&request.tier).ok_or_else(|| {
             ApiFailure::bad_request(format!("unknown tier {:?}", request.tier))
                 .with_hint("tier is nano (1 vCPU, 512 MB) or micro (2 vCPUs, 1024 MB)")

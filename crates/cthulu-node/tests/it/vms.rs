@@ -136,6 +136,27 @@ async fn bad_create_requests_are_refused_and_create_nothing() {
         !body.to_string().contains("a\\u0000b"),
         "the key is not echoed: {body}"
     );
+    let (status, body) = api
+        .post(
+            "/vms",
+            json!({"tier": "nano", "api_key": "k".repeat(20_000)}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("api_key"),
+        "{body}"
+    );
+    let (status, body) = api
+        .post(
+            "/vms",
+            json!({"tier": "nano", "api_key": "k".repeat(17 * 1024 * 1024)}),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
     let (status, _) = Api::send(
         api.request(reqwest::Method::POST, "/vms")
             .header("content-type", "application/json")
@@ -226,4 +247,37 @@ async fn a_vm_whose_sandbox_is_destroyed_through_the_api_disappears() {
     assert_eq!(list["count"], 0, "{list}");
     let port = vm["web_port"].as_u64().unwrap() as u16;
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_port_held_by_another_program_fails_the_create_cleanly() {
+    let Some(node) = TestNode::start(Options::default()).await else {
+        return;
+    };
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", node.web_port_base()))
+        .expect("the test holds VM 0's port");
+    let (status, body) = node
+        .api
+        .post("/vms", json!({"tier": "nano", "api_key": ""}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "backend_unavailable", "{body}");
+    assert!(
+        body["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("--web-port-base"),
+        "{body}"
+    );
+    let (_, list) = node.api.get("/vms").await;
+    assert_eq!(list["count"], 0, "{list}");
+    let (_, sandboxes) = node.api.get("/api/v1/sandboxes").await;
+    assert_eq!(sandboxes["sandboxes"], json!([]), "no sandbox was made");
+    drop(squatter);
+    let (status, vm) = node
+        .api
+        .post("/vms", json!({"tier": "nano", "api_key": ""}))
+        .await;
+    assert_eq!(status, 200, "{vm}");
+    assert_eq!(vm["vm_id"], 0);
 }
