@@ -2,7 +2,8 @@
 //! in-process node (`--backend`, default namespace) creates N VMs through `POST /vms`;
 //! each is timed from the request to the first echo over its ttyd WebSocket (token
 //! fetched, socket opened, handshake, `echo` typed), then keystroke-to-echo is timed on
-//! that terminal `--iterations` times (one key sent, its echo awaited).
+//! that terminal `--iterations` times (one key sent, its echo awaited). One untimed VM
+//! comes first, so that a qemu template exists before the timed creates.
 
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,7 @@ pub async fn run(global: &GlobalArgs, args: &BenchArgs, vms: u32) -> anyhow::Res
         },
         token: token.clone(),
         backend,
+        // The warm-up VM is gone before the timed ones fill the node to its maximum.
         max_vms: vms as usize,
         public_host: None,
         web_port_base: free_port_range(vms)?,
@@ -122,40 +124,71 @@ async fn measure(
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let mut creates = Vec::new();
     let mut keystrokes = Vec::new();
+    // Untimed: the first create of a shape on qemu boots the template it then clones.
+    eprintln!("bench: node: warm-up vm");
+    let mut warm_up = create_and_echo(http, url, token, "warmup").await?;
+    let _ = warm_up.socket.close(None).await;
+    http.delete(format!("{url}/vms/{}", warm_up.vm_id))
+        .bearer_auth(token)
+        .send()
+        .await
+        .context("DELETE the warm-up VM")?
+        .error_for_status()
+        .context("DELETE the warm-up VM")?;
     for index in 0..vms {
         eprintln!("bench: node: vm {}/{vms}", index + 1);
         let started = Instant::now();
-        let vm: serde_json::Value = http
-            .post(format!("{url}/vms"))
-            .bearer_auth(token)
-            .json(&serde_json::json!({"tier": "nano", "api_key": ""}))
-            .send()
-            .await
-            .context("POST /vms")?
-            .error_for_status()
-            .context("POST /vms")?
-            .json()
-            .await
-            .context("POST /vms answered no VM")?;
-        let web_terminal = vm["web_terminal"]
-            .as_str()
-            .context("the VM has no web_terminal")?;
-        let mut socket = open_terminal(http, web_terminal).await?;
-        // The quotes keep the typed line from matching the output.
-        send_input(&mut socket, format!("echo rea''dy{index}\n").as_bytes()).await?;
-        wait_for(&mut socket, &format!("ready{index}")).await?;
+        let mut created = create_and_echo(http, url, token, &index.to_string()).await?;
         creates.push(started.elapsed());
+        let socket = &mut created.socket;
         if index == 0 {
             for key in (0..iterations).map(|step| b'a' + (step % 26) as u8) {
                 let sent = Instant::now();
-                send_input(&mut socket, &[key]).await?;
-                wait_for_frame(&mut socket, &[key]).await?;
+                send_input(socket, &[key]).await?;
+                wait_for_frame(socket, &[key]).await?;
                 keystrokes.push(sent.elapsed());
             }
         }
         let _ = socket.close(None).await;
     }
     Ok((creates, keystrokes))
+}
+
+struct CreatedVm {
+    vm_id: u64,
+    socket: Socket,
+}
+
+/// `POST /vms`, then its terminal until an `echo` typed there comes back.
+async fn create_and_echo(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    marker: &str,
+) -> anyhow::Result<CreatedVm> {
+    let vm: serde_json::Value = http
+        .post(format!("{url}/vms"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"tier": "nano", "api_key": ""}))
+        .send()
+        .await
+        .context("POST /vms")?
+        .error_for_status()
+        .context("POST /vms")?
+        .json()
+        .await
+        .context("POST /vms answered no VM")?;
+    let web_terminal = vm["web_terminal"]
+        .as_str()
+        .context("the VM has no web_terminal")?;
+    let mut socket = open_terminal(http, web_terminal).await?;
+    // The quotes keep the typed line from matching the output.
+    send_input(&mut socket, format!("echo rea''dy{marker}\n").as_bytes()).await?;
+    wait_for(&mut socket, &format!("ready{marker}")).await?;
+    Ok(CreatedVm {
+        vm_id: vm["vm_id"].as_u64().context("the VM has no vm_id")?,
+        socket,
+    })
 }
 
 /// Fetches the token, opens `/ws` with subprotocol `tty` and sends the handshake, as the
