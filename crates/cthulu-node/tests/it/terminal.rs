@@ -200,3 +200,25 @@ async fn a_wrong_or_missing_handshake_is_closed_without_starting_anything() {
         .unwrap();
     assert_eq!(response.status(), 400);
 }
+
+/// The process shim kills a process no client attached to within 30 s; a session, whose
+/// client attached at once, must outlive that (it once did not: every terminal died at
+/// 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_session_lives_past_the_shims_attach_limit() {
+    let Some(node) = TestNode::start(Options::default()).await else {
+        return;
+    };
+    let vm = one_vm(&node).await;
+    let mut client = TtydClient::connect(vm["web_terminal"].as_str().unwrap()).await;
+    client.type_line("echo hel''lo").await;
+    assert!(client.wait_for("hello", WAIT).await, "{:?}", client.output);
+    assert_eq!(
+        client.until_closed(Duration::from_secs(35)).await,
+        None,
+        "the session ended by itself"
+    );
+    client.type_line("echo st''ill").await;
+    assert!(client.wait_for("still", WAIT).await, "{:?}", client.output);
+    client.close().await;
+}

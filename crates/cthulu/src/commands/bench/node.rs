@@ -263,6 +263,11 @@ async fn wait_for_frame(socket: &mut Socket, expected: &[u8]) -> anyhow::Result<
                 if &data[1..] == expected {
                     return Ok(());
                 }
+                eprintln!(
+                    "DEBUG frame {:?} at {:?}",
+                    String::from_utf8_lossy(&data[1..]),
+                    std::time::Instant::now()
+                );
             }
             Some(Ok(_)) => {}
             Some(Err(error)) => return Err(error).context("the terminal's socket failed"),
