@@ -147,6 +147,10 @@ async fn measure(
                 send_input(socket, &[key]).await?;
                 wait_for_frame(socket, &[key]).await?;
                 keystrokes.push(sent.elapsed());
+                // Untimed: rub the key out, so the line never wraps (a wrapped echo is
+                // not the key alone).
+                send_input(socket, &[DELETE]).await?;
+                wait_for_any_output(socket).await?;
             }
         }
         let _ = socket.close(None).await;
@@ -272,6 +276,25 @@ async fn wait_for_frame(socket: &mut Socket, expected: &[u8]) -> anyhow::Result<
             Some(Ok(_)) => {}
             Some(Err(error)) => return Err(error).context("the terminal's socket failed"),
             None => anyhow::bail!("the terminal closed before the echo"),
+        }
+    }
+}
+
+/// The key that rubs out the previous one.
+const DELETE: u8 = 0x7f;
+
+/// Reads until an output frame arrives.
+async fn wait_for_any_output(socket: &mut Socket) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + ECHO_TIMEOUT;
+    loop {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .with_context(|| format!("no output within {ECHO_TIMEOUT:?}"))?;
+        match message {
+            Some(Ok(Message::Binary(data))) if data.first() == Some(&b'0') => return Ok(()),
+            Some(Ok(_)) => {}
+            Some(Err(error)) => return Err(error).context("the terminal's socket failed"),
+            None => anyhow::bail!("the terminal closed"),
         }
     }
 }
