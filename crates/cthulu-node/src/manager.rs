@@ -97,7 +97,9 @@ impl VmManager {
             )));
         }
         let tier = Tier::parse(&request.tier).ok_or_else(|| {
-            ApiFailure::bad_request(format!("unknown tier {:?}", request.tier))
+            // Only the start of what was sent is echoed back.
+            let shown: String = request.tier.chars().take(32).collect();
+            ApiFailure::bad_request(format!("unknown tier {shown:?}"))
                 .with_hint("tier is nano (1 vCPU, 512 MB) or micro (2 vCPUs, 1024 MB)")
         })?;
         let mut record = self

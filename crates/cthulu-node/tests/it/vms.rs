@@ -122,6 +122,14 @@ async fn bad_create_requests_are_refused_and_create_nothing() {
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("mega"));
     assert!(body["error"]["hint"].as_str().unwrap().contains("nano"));
+    let (status, body) = api
+        .post("/vms", json!({"tier": "x".repeat(100_000), "api_key": ""}))
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body.to_string().len() < 1000,
+        "the tier is not echoed whole"
+    );
     let (status, body) = api.post("/vms", json!({"api_key": ""})).await;
     assert_eq!(status, 400, "{body}");
     assert!(
