@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = request.check_env();
     }
     let _ = serde_json::from_slice::<CreateSandboxRequest>(data);
+    let _ = serde_json::from_slice::<cthulu_types::vms::CreateVmRequest>(data);
     let _ = serde_json::from_slice::<ClientMessage>(data);
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = SandboxId::parse(text);

@@ -80,6 +80,17 @@ pub trait SandboxHandle: Send + Sync + 'static {
         None
     }
 
+    /// The host process that holds the sandbox (a microVM's QEMU, a namespace sandbox's
+    /// init), for operators and the node's `/vms` API; `None` where there is no one.
+    fn host_pid(&self) -> Option<u32> {
+        None
+    }
+
+    /// The sandbox's own network address, where it has one (a microVM with a network).
+    fn guest_address(&self) -> Option<std::net::IpAddr> {
+        None
+    }
+
     /// Runs a command to completion.
     async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput, SandboxError>;
 

@@ -211,6 +211,8 @@ pub struct Machine {
 
 /// The guest's static address under QEMU's user-mode network.
 const GUEST_NET: &str = "10.0.2.15/24,10.0.2.2,10.0.2.3";
+/// The address of [`GUEST_NET`], as the node's `/vms` API shows it.
+pub(crate) const GUEST_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 15);
 
 /// The kernel command line every microVM gets (QEMU adds its timer option, Firecracker
 /// its devices and the vsock channel).
@@ -492,6 +494,7 @@ mod tests {
         assert!(has_pair(&args, "-netdev", "user,id=net0"));
         let append = &args[args.iter().position(|arg| arg == "-append").unwrap() + 1];
         assert!(append.contains("cthulu.net=10.0.2.15/24"), "{append}");
+        assert!(GUEST_NET.starts_with(&format!("{GUEST_ADDRESS}/")));
         assert!(!append.contains("cthulu.root"), "no disk: {append}");
         assert!(!args.contains(&"-drive".to_string()), "{args:?}");
     }

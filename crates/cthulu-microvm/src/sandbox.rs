@@ -428,6 +428,16 @@ impl SandboxHandle for VmSandbox {
         self.lock().status
     }
 
+    fn host_pid(&self) -> Option<u32> {
+        Some(self.qemu_pid())
+    }
+
+    fn guest_address(&self) -> Option<std::net::IpAddr> {
+        self.lock()
+            .network
+            .then_some(std::net::IpAddr::V4(crate::qemu::GUEST_ADDRESS))
+    }
+
     async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput, SandboxError> {
         self.check(Operation::Exec)?;
         if spec.detach || spec.tty.is_some() {

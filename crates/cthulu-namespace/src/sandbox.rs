@@ -277,6 +277,10 @@ impl SandboxHandle for NamespaceSandbox {
         Some(self.workspace.host_workspace())
     }
 
+    fn host_pid(&self) -> Option<u32> {
+        u32::try_from(self.init_pid()).ok()
+    }
+
     async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput, SandboxError> {
         self.run_exec(spec).await
     }

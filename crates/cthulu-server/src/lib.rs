@@ -6,6 +6,7 @@
 //! shutdown, while a reaper destroys sandboxes past their lifetime. Agent runs (a CLI
 //! agent working in a sandbox, its events streamed) are in [`runs`].
 
+pub mod access_token;
 pub mod db;
 pub mod error;
 pub mod metrics;
@@ -14,6 +15,7 @@ pub mod runs;
 pub mod server;
 pub mod state;
 
+pub use access_token::AccessToken;
 pub use routes::ApiDoc;
 pub use runs::RunsConfig;
 pub use server::{

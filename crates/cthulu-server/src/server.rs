@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub warm_vms: usize,
     /// Agent runs: limits and the agents file.
     pub runs: crate::runs::RunsConfig,
+    /// The one bearer token of every route, in place of API keys (`cthulu node`); `None`:
+    /// API keys, once one exists.
+    pub access_token: Option<crate::AccessToken>,
     /// The most sandboxes held at once (a node's `--max-vms`); `None`: no limit.
     pub max_sandboxes: Option<usize>,
 }
@@ -97,6 +100,8 @@ pub struct Server {
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
+    /// Routes served beside the API, behind the same authentication ([`Server::with_routes`]).
+    extra_routes: axum::Router,
 }
 
 fn database_path(home: &Path) -> PathBuf {
@@ -195,7 +200,8 @@ impl Server {
             crate::runs::RunManager::new(config.runs.clone(), agents, config.home.join("runs"));
         let state = Arc::new(
             AppState::new(db, providers, default_backend, runs)
-                .with_max_sandboxes(config.max_sandboxes),
+                .with_max_sandboxes(config.max_sandboxes)
+                .with_access_token(config.access_token.clone()),
         );
         state
             .reattach_all()
@@ -226,11 +232,23 @@ impl Server {
             state,
             listener,
             local_addr,
+            extra_routes: axum::Router::new(),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The server's state, for code that serves more than the API (a node's `/vms`).
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Adds routes served beside the API and behind its authentication.
+    pub fn with_routes(mut self, routes: axum::Router) -> Server {
+        self.extra_routes = self.extra_routes.merge(routes);
+        self
     }
 
     /// Serves until `shutdown` completes, then gives open connections a few seconds.
@@ -240,7 +258,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let reaper = self.state.spawn_reaper(REAPER_PERIOD);
-        let app = crate::routes::router(self.state.clone());
+        let app = crate::routes::router(self.state.clone(), self.extra_routes);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             shutdown.await;

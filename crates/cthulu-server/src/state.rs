@@ -30,6 +30,8 @@ pub struct AppState {
     handles: RwLock<HashMap<SandboxId, Arc<dyn SandboxHandle>>>,
     /// The most sandboxes held at once (`ServerConfig::max_sandboxes`).
     max_sandboxes: Option<usize>,
+    /// The one bearer token of every route, in place of API keys (`ServerConfig::access_token`).
+    access_token: Option<Arc<crate::AccessToken>>,
     /// Held while a create counts the live sandboxes and records its own, so concurrent
     /// creates cannot both take the last place.
     admitting: std::sync::Mutex<()>,
@@ -51,6 +53,7 @@ impl AppState {
             handles: RwLock::new(HashMap::new()),
             max_sandboxes: None,
             admitting: std::sync::Mutex::new(()),
+            access_token: None,
         }
     }
 
@@ -59,6 +62,22 @@ impl AppState {
     pub fn with_max_sandboxes(mut self, max_sandboxes: Option<usize>) -> Self {
         self.max_sandboxes = max_sandboxes;
         self
+    }
+
+    /// Makes `access_token` the only bearer token of every route (API keys no longer
+    /// count).
+    pub fn with_access_token(mut self, access_token: Option<crate::AccessToken>) -> Self {
+        self.access_token = access_token.map(Arc::new);
+        self
+    }
+
+    pub fn access_token(&self) -> Option<&crate::AccessToken> {
+        self.access_token.as_deref()
+    }
+
+    /// Whether requests need a bearer token: the access token, or API keys once one exists.
+    pub fn auth_required(&self) -> ApiResult<bool> {
+        Ok(self.access_token.is_some() || self.db.has_api_keys()?)
     }
 
     /// The sandboxes held now against the limit.

@@ -145,6 +145,7 @@ impl TestServer {
             warm_vms: 0,
             // Agents come from `<home>/agents.json` ([`TestServer::start_with_agents`]).
             runs: cthulu_server::RunsConfig::default(),
+            access_token: None,
             max_sandboxes: None,
         };
         configure(&mut config);

@@ -8,6 +8,7 @@
 //! - [`error`]: the `{ "error": { "code", "message", "hint" } }` body and its codes.
 //! - [`runs`]: agent runs: the create body, the run, its events (docs/api.md, Runs).
 //! - [`stream`]: the WebSocket frame protocol of streaming exec (docs/streaming.md).
+//! - [`vms`]: the VM Manager API of a `cthulu node` (`/vms`, `/health`; docs/node.md).
 
 pub mod checkpoint;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod ports;
 pub mod runs;
 pub mod sandbox;
 pub mod stream;
+pub mod vms;
 
 pub use checkpoint::{Checkpoint, CheckpointList, CheckpointRequest};
 pub use error::{ApiError, ErrorBody, ErrorCode};

@@ -42,6 +42,9 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Run the Cthulu server
     Serve(commands::serve::ServeArgs),
+    /// Run a node: the VM Manager of this host (the sandbox API and the earlier `/vms`
+    /// API behind one token, a web terminal per VM)
+    Node(commands::node::NodeArgs),
     /// Run a command in a fresh sandbox that is destroyed afterwards
     Run(commands::run::RunArgs),
     /// Create, inspect and drive sandboxes

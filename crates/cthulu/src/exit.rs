@@ -41,7 +41,7 @@ impl std::error::Error for Hint {}
 /// Runs the parsed command line and turns its outcome into the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     let default_level = match cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Node(_) => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

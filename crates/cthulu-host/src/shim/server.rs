@@ -664,7 +664,12 @@ fn wait_for_exit(shared: &Shared, spec: &ShimSpec) -> (io::Result<Ended>, bool) 
                 if !timed_out && now >= deadline {
                     timed_out = true;
                     shared.control.kill_all();
-                } else if watch_attach && now >= attach_deadline {
+                } else if watch_attach
+                    && now >= attach_deadline
+                    // The client may have come while this thread slept: only a process
+                    // still without one is abandoned.
+                    && !shared.lock().attached_ever
+                {
                     abandoned = true;
                     shared.control.kill_all();
                 }

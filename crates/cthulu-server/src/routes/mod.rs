@@ -56,7 +56,12 @@ pub fn sandbox_id(raw: &str) -> ApiResult<SandboxId> {
     })
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
+/// The whole application: the API, `extra` routes (a node's `/vms`, behind the same
+/// authentication as the API), and the public pages. With an access token
+/// ([`AppState::access_token`]), every route, the public pages included, needs it and API
+/// keys are not consulted.
+pub fn router(state: Arc<AppState>, extra: Router) -> Router {
+    let fixed_token = state.access_token().is_some();
     let api = Router::new()
         .route("/info", get(system::info))
         .route("/openapi.json", get(system::openapi))
@@ -121,22 +126,29 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/runs/{id}", get(runs::get).delete(runs::cancel))
         .route("/runs/{id}/events", get(runs::events))
         .route("/runs/{id}/changes.tar", get(runs::changes_archive));
-    Router::new()
+    let authenticated = Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(system::metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state.clone())
+        .merge(extra)
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let public = Router::new()
         .route("/healthz", get(system::healthz))
         // The web UI: static files, served without a key (the API calls it makes are
         // authenticated like any other).
         .route("/", get(system::ui_index))
         .route("/ui/{*path}", get(system::ui_asset))
         .fallback(not_found)
+        .with_state(state.clone());
+    let public = if fixed_token {
+        public.layer(middleware::from_fn_with_state(state.clone(), authenticate))
+    } else {
+        public
+    };
+    authenticated
+        .merge(public)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            count_responses,
-        ))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state, count_responses))
 }
 
 async fn not_found() -> ApiFailure {
@@ -144,7 +156,8 @@ async fn not_found() -> ApiFailure {
         .with_hint("see docs/api.md or GET /api/v1/openapi.json")
 }
 
-/// Once an API key exists, every request needs `Authorization: Bearer <key>`.
+/// With an access token, every request needs `Authorization: Bearer <token>`; without,
+/// once an API key exists, every request needs `Authorization: Bearer <key>`.
 async fn authenticate(
     State(state): State<Arc<AppState>>,
     request: Request,
@@ -157,23 +170,38 @@ async fn authenticate(
 }
 
 fn check_token(state: &AppState, request: &Request) -> ApiResult<()> {
-    if !state.db.has_api_keys()? {
+    let fixed = state.access_token();
+    if fixed.is_none() && !state.db.has_api_keys()? {
         return Ok(());
     }
     let unauthorized = |message: &str| {
-        ApiFailure::new(ErrorCode::Unauthorized, message)
-            .with_hint("send Authorization: Bearer <key> (CLI: export CTHULU_TOKEN=<key>); create a key with `cthulu key create`")
+        let failure = ApiFailure::new(ErrorCode::Unauthorized, message);
+        if fixed.is_some() {
+            failure.with_hint("send Authorization: Bearer <token>, the node's --token")
+        } else {
+            failure.with_hint("send Authorization: Bearer <key> (CLI: export CTHULU_TOKEN=<key>); create a key with `cthulu key create`")
+        }
     };
-    let header = request
-        .headers()
-        .get(AUTHORIZATION)
-        .ok_or_else(|| unauthorized("missing API key"))?;
+    let header = request.headers().get(AUTHORIZATION).ok_or_else(|| {
+        unauthorized(if fixed.is_some() {
+            "missing token"
+        } else {
+            "missing API key"
+        })
+    })?;
     let token = header
         .to_str()
         .ok()
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or_else(|| unauthorized("the Authorization header is not `Bearer <key>`"))?;
+    if let Some(fixed) = fixed {
+        return if fixed.matches(token) {
+            Ok(())
+        } else {
+            Err(unauthorized("invalid token"))
+        };
+    }
     if state.db.api_key_valid(token)? {
         Ok(())
     } else {

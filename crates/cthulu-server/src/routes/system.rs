@@ -58,7 +58,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> ApiResult<ApiJson<Serve
         version: env!("CARGO_PKG_VERSION").to_owned(),
         default_backend: state.default_backend,
         backends: state.backend_infos(),
-        auth_required: state.db.has_api_keys()?,
+        auth_required: state.auth_required()?,
         capacity: state.capacity()?,
     }))
 }

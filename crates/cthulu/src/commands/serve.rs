@@ -86,6 +86,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
             max_input_bytes: args.max_run_input,
             ..cthulu_server::RunsConfig::default()
         },
+        access_token: None,
         max_sandboxes: args.max_sandboxes,
     };
     let server = Server::start(config)
@@ -102,7 +103,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
 }
 
 /// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let mut terminate = match signal(SignalKind::terminate()) {
         Ok(terminate) => terminate,
         Err(error) => {

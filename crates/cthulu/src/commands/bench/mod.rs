@@ -2,6 +2,7 @@
 //! through the real HTTP API of an in-process server (or of the server at `--url`).
 
 mod measure;
+mod node;
 mod report;
 mod runs;
 mod vm;
@@ -50,6 +51,10 @@ pub struct BenchArgs {
     /// stand-in agent on a 10 MB working directory; `--backend` default namespace
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: Option<u32>,
+    /// Instead: measure a node's web terminal on N VMs (`POST /vms` to the first echo
+    /// over the ttyd socket; keystroke to echo); `--backend` default namespace
+    #[arg(long, value_name = "N", conflicts_with = "runs", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub node: Option<u32>,
 }
 
 /// The server under test: ours, in this process, or someone else's.
@@ -95,6 +100,7 @@ async fn start_target(
         vm_templates: Some(user_home.join("qemu-templates")),
         warm_vms: cthulu_server::DEFAULT_WARM_VMS,
         runs: cthulu_server::RunsConfig::default(),
+        access_token: None,
         max_sandboxes: None,
     };
     let server = Server::start(config)
@@ -121,6 +127,9 @@ async fn start_target(
 pub async fn run(global: &GlobalArgs, args: BenchArgs) -> anyhow::Result<u8> {
     if let Some(count) = args.runs {
         return runs::run(global, &args, count).await;
+    }
+    if let Some(vms) = args.node {
+        return node::run(global, &args, vms).await;
     }
     let user_home = super::home_dir(args.home.clone())?;
     let target = start_target(global, args.warm_sandboxes, &user_home).await?;
