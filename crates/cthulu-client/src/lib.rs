@@ -22,6 +22,9 @@ mod stream;
 pub use client::{CthuluClient, DEFAULT_URL};
 pub use error::ClientError;
 pub use files::{FileDownload, ProgressCallback, PutFileOptions};
+pub use ports::PortTunnel;
 pub use runs::{RunEvents, RunStreamItem};
 pub use sandboxes::SandboxFilter;
 pub use stream::{ExecEvent, ExecExit, ExecSender, ExecSession};
+/// The WebSocket library's error, as carried by [`ClientError::WebSocket`].
+pub use tokio_tungstenite::tungstenite::Error as WebSocketError;

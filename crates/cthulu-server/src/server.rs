@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub warm_vms: usize,
     /// Agent runs: limits and the agents file.
     pub runs: crate::runs::RunsConfig,
+    /// The fixed token of a node (`cthulu node`): terminal tokens are then checked with a
+    /// key derived from it, which the platform that registered the node derives too.
+    pub node_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +78,14 @@ pub enum ServerError {
     DefaultBackend {
         backend: BackendKind,
         reason: String,
+    },
+    #[error("cannot start the remote backend")]
+    RemoteBackend(#[source] cthulu_core::SandboxError),
+    #[error("cannot read or create the terminal key in {path}")]
+    TerminalKey {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("cannot re-attach to the sandboxes of {path}: {message}")]
     Reattach { path: PathBuf, message: String },
@@ -157,6 +168,23 @@ impl Server {
         .with_warm_vms(config.warm_vms);
         providers.insert(BackendKind::Qemu, Arc::new(qemu));
 
+        // Nodes are not called here: one that is down must not stop the server.
+        let nodes = db.list_nodes()?.into_iter().map(|record| record.node);
+        let remote = Arc::new(
+            cthulu_remote::RemoteProvider::new(cthulu_remote::RemoteConfig {
+                root: config.home.join("sandboxes").join("remote"),
+                nodes: Arc::new(cthulu_remote::NodeDirectory::new(nodes)),
+            })
+            .map_err(ServerError::RemoteBackend)?,
+        );
+        providers.insert(BackendKind::Remote, remote.clone());
+        let terminal_key =
+            crate::terminal::TerminalKey::for_server(config.node_token.as_deref(), &config.home)
+                .map_err(|source| ServerError::TerminalKey {
+                    path: config.home.clone(),
+                    source,
+                })?;
+
         let default_backend = config
             .default_backend
             .unwrap_or_else(|| automatic_default(&providers));
@@ -182,7 +210,14 @@ impl Server {
         let agents = crate::runs::load_agents(&config.runs, &config.home)?;
         let runs =
             crate::runs::RunManager::new(config.runs.clone(), agents, config.home.join("runs"));
-        let state = Arc::new(AppState::new(db, providers, default_backend, runs));
+        let state = Arc::new(AppState::new(
+            db,
+            providers,
+            default_backend,
+            runs,
+            remote.clone(),
+            terminal_key,
+        ));
         state
             .reattach_all()
             .await
@@ -226,6 +261,10 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let reaper = self.state.spawn_reaper(REAPER_PERIOD);
+        // What the nodes can do, for `GET /api/v1/info`; in the background, since a node
+        // that does not answer takes seconds to say so.
+        let remote = self.state.remote.clone();
+        let node_refresh = tokio::spawn(async move { remote.refresh_nodes().await });
         let app = crate::routes::router(self.state.clone());
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
@@ -246,6 +285,7 @@ impl Server {
             }
         };
         reaper.abort();
+        node_refresh.abort();
         self.state.runs.shutdown();
         for provider in self.state.providers.values() {
             provider.shutdown().await;

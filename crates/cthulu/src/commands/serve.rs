@@ -82,6 +82,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
             max_input_bytes: args.max_run_input,
             ..cthulu_server::RunsConfig::default()
         },
+        node_token: None,
     };
     let server = Server::start(config)
         .await

@@ -95,6 +95,7 @@ async fn start_target(
         vm_templates: Some(user_home.join("qemu-templates")),
         warm_vms: cthulu_server::DEFAULT_WARM_VMS,
         runs: cthulu_server::RunsConfig::default(),
+        node_token: None,
     };
     let server = Server::start(config)
         .await

@@ -244,6 +244,7 @@ pub async fn run(global: &GlobalArgs, args: &BenchArgs, runs: u32) -> anyhow::Re
             agents_file: Some(agents_file),
             ..cthulu_server::RunsConfig::default()
         },
+        node_token: None,
     };
     let server = Server::start(config)
         .await
