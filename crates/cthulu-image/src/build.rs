@@ -19,7 +19,7 @@ use crate::image::{self, hex, sha256_file, validate_name, Image, DEFAULT_IMAGE};
 use crate::initramfs::{self, Contents};
 use crate::manifest::{
     FileRecord, Inputs, Manifest, RootfsRecord, INITRAMFS_FILE, KERNEL_FILE, MANIFEST_FILE,
-    MANIFEST_FORMAT, ROOTFS_FILE,
+    MANIFEST_FORMAT, ROOTFS_FILE, VMLINUX_FILE,
 };
 use crate::modules::{self, WANTED_MODULES};
 use crate::rootfs::{self, RootfsSource};
@@ -143,7 +143,8 @@ fn resolve_inputs(
             Ok((short_hash(&format!("{key}\nsize {size}")), None))
         })?),
     };
-    let kernel_key = format!("{}={}", kernel.name, kernel.version);
+    // `+vmlinux`: images also carry the uncompressed kernel (built once per image).
+    let kernel_key = format!("{}={} +vmlinux", kernel.name, kernel.version);
     let initramfs_key = short_hash(&format!(
         "layout {}\n{kernel_key}\n{}={}\nagent {agent_sha256}\nmodules {}",
         initramfs::LAYOUT_VERSION,
@@ -222,6 +223,9 @@ pub fn build(
     let (kernel_version, module_paths) = match initramfs_unchanged {
         Some(old) => {
             link_or_copy(old.kernel(), &staging.path().join(KERNEL_FILE))?;
+            if let Some(vmlinux) = old.vmlinux() {
+                link_or_copy(vmlinux, &staging.path().join(VMLINUX_FILE))?;
+            }
             link_or_copy(old.initramfs(), &staging.path().join(INITRAMFS_FILE))?;
             progress(Progress::Reused {
                 label: "kernel and initramfs (unchanged)".to_owned(),
@@ -264,7 +268,7 @@ pub fn build(
 
     let files = step(progress, "checksumming", || {
         let mut files = std::collections::BTreeMap::new();
-        for file in [KERNEL_FILE, INITRAMFS_FILE, ROOTFS_FILE] {
+        for file in [KERNEL_FILE, VMLINUX_FILE, INITRAMFS_FILE, ROOTFS_FILE] {
             let path = staging.path().join(file);
             if !path.exists() {
                 continue;
@@ -338,19 +342,40 @@ fn build_boot_files(
     match kernel_unchanged {
         Some(old) => {
             link_or_copy(old.kernel(), &kernel_output)?;
+            if let Some(vmlinux) = old.vmlinux() {
+                link_or_copy(vmlinux, &staging.join(VMLINUX_FILE))?;
+            }
             progress(Progress::Reused {
                 label: "kernel (unchanged)".to_owned(),
             });
         }
-        None => step(
-            progress,
-            &format!("writing kernel {kernel_version}"),
-            || {
-                let bytes = fs_err::copy(&vmlinuz, &kernel_output)
-                    .map_err(|source| ImageError::io("cannot copy the kernel", source))?;
-                Ok(((), Some(bytes)))
-            },
-        )?,
+        None => {
+            step(
+                progress,
+                &format!("writing kernel {kernel_version}"),
+                || {
+                    let bytes = fs_err::copy(&vmlinuz, &kernel_output)
+                        .map_err(|source| ImageError::io("cannot copy the kernel", source))?;
+                    Ok(((), Some(bytes)))
+                },
+            )?;
+            step(progress, "extracting vmlinux", || {
+                let bzimage = fs_err::read(&kernel_output)
+                    .map_err(|source| ImageError::io("cannot read the kernel", source))?;
+                match bootable_vmlinux(&bzimage) {
+                    Ok(vmlinux) => {
+                        fs_err::write(staging.join(VMLINUX_FILE), &vmlinux)
+                            .map_err(|source| ImageError::io("cannot write the vmlinux", source))?;
+                        Ok(((), Some(vmlinux.len() as u64)))
+                    }
+                    Err(reason) => {
+                        // The bzImage still boots, only slower under TCG.
+                        tracing::warn!(%reason, "no vmlinux in the image; VMs boot the bzImage");
+                        Ok(((), None))
+                    }
+                }
+            })?;
+        }
     }
 
     let module_dir = kernel_tree.join("lib/modules").join(&kernel_version);
@@ -382,6 +407,19 @@ fn build_boot_files(
         .map(|module| initramfs::module_guest_path(&kernel_version, module))
         .collect();
     Ok((kernel_version, module_paths))
+}
+
+/// The uncompressed kernel of `bzimage`, if it can be booted at a PVH entry.
+fn bootable_vmlinux(bzimage: &[u8]) -> Result<Vec<u8>, String> {
+    let vmlinux = crate::kernel::extract_vmlinux(bzimage).map_err(|problem| problem.0)?;
+    match crate::elf::pvh_entry(&vmlinux) {
+        Ok(Some(_)) => Ok(vmlinux),
+        Ok(None) => Err("the kernel has no PVH entry note".into()),
+        Err(problem) => Err(format!(
+            "the uncompressed kernel is not a valid ELF: {}",
+            problem.0
+        )),
+    }
 }
 
 /// `boot/vmlinuz-<version>` of an unpacked kernel package, and the version.

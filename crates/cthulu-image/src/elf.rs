@@ -6,6 +6,11 @@
 const MACHINE_X86_64: u16 = 62;
 /// `PT_INTERP`: the program header naming the dynamic loader.
 const PT_INTERP: u32 = 3;
+/// `PT_NOTE`: a program header holding notes.
+const PT_NOTE: u32 = 4;
+/// `XEN_ELFNOTE_PHYS32_ENTRY`: the note of a kernel's 32-bit PVH entry point, by which
+/// QEMU (and Firecracker) start an uncompressed kernel without a bootloader.
+const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 /// `ET_EXEC` and `ET_DYN` (static-pie executables are `ET_DYN` without `PT_INTERP`).
 const EXECUTABLE_TYPES: [u16; 2] = [2, 3];
 
@@ -93,6 +98,54 @@ pub fn executable_linkage(bytes: &[u8]) -> Result<Linkage, ElfProblem> {
         }
     }
     Ok(Linkage::Static)
+}
+
+/// The PVH entry point of an uncompressed x86-64 kernel (`vmlinux`), from its Xen
+/// `PHYS32_ENTRY` note; `None` when it has none (it cannot be booted that way).
+pub fn pvh_entry(bytes: &[u8]) -> Result<Option<u32>, ElfProblem> {
+    check_ident(bytes)?;
+    let header_offset = to_index(u64_at(bytes, 0x20)?)?;
+    let entry_size = usize::from(u16_at(bytes, 0x36)?);
+    let count = usize::from(u16_at(bytes, 0x38)?);
+    if entry_size < 0x38 {
+        return Err(problem("program header entries too small"));
+    }
+    for index in 0..count {
+        let base = index
+            .checked_mul(entry_size)
+            .and_then(|relative| relative.checked_add(header_offset))
+            .ok_or_else(|| problem("offset out of range"))?;
+        if u32_at(bytes, base)? != PT_NOTE {
+            continue;
+        }
+        let offset = to_index(u64_at(bytes, base.saturating_add(0x08))?)?;
+        let size = to_index(u64_at(bytes, base.saturating_add(0x20))?)?;
+        let notes = offset
+            .checked_add(size)
+            .and_then(|end| bytes.get(offset..end))
+            .ok_or_else(|| problem("notes out of range"))?;
+        let mut at = 0usize;
+        // Each note: name size, description size, type, then both padded to 4 bytes.
+        while at.saturating_add(12) <= notes.len() {
+            let name_size = to_index(u64::from(u32_at(notes, at)?))?;
+            let desc_size = to_index(u64::from(u32_at(notes, at + 4)?))?;
+            let kind = u32_at(notes, at + 8)?;
+            let name_at = at + 12;
+            let desc_at = name_at
+                .checked_add(name_size.div_ceil(4) * 4)
+                .ok_or_else(|| problem("note out of range"))?;
+            let name = notes
+                .get(name_at..name_at.saturating_add(name_size))
+                .ok_or_else(|| problem("note out of range"))?;
+            if name == b"Xen\0" && kind == XEN_ELFNOTE_PHYS32_ENTRY && desc_size >= 4 {
+                return Ok(Some(u32_at(notes, desc_at)?));
+            }
+            at = desc_at
+                .checked_add(desc_size.div_ceil(4) * 4)
+                .ok_or_else(|| problem("note out of range"))?;
+        }
+    }
+    Ok(None)
 }
 
 /// The bytes of the section named `wanted` of a relocatable or executable ELF.

@@ -10,6 +10,7 @@ use sha2::{Digest as _, Sha256};
 use crate::error::ImageError;
 use crate::manifest::{
     Manifest, INITRAMFS_FILE, KERNEL_FILE, MANIFEST_FILE, MANIFEST_FORMAT, ROOTFS_FILE,
+    VMLINUX_FILE,
 };
 
 /// The name of the image built when none is given.
@@ -25,6 +26,7 @@ pub struct Image {
     kernel: PathBuf,
     initramfs: PathBuf,
     rootfs: Option<PathBuf>,
+    vmlinux: Option<PathBuf>,
 }
 
 impl Image {
@@ -49,6 +51,12 @@ impl Image {
     /// The guest kernel (a bzImage).
     pub fn kernel(&self) -> &Path {
         &self.kernel
+    }
+
+    /// The uncompressed kernel (an ELF with a PVH entry), when the image has one: booting
+    /// it skips the bzImage's self-decompression.
+    pub fn vmlinux(&self) -> Option<&Path> {
+        self.vmlinux.as_deref()
     }
 
     /// The gzipped newc initramfs whose `/init` is the agent.
@@ -175,6 +183,10 @@ pub fn open(images_dir: &Path, name: &str) -> Result<Image, ImageError> {
             .files
             .contains_key(ROOTFS_FILE)
             .then(|| dir.join(ROOTFS_FILE)),
+        vmlinux: manifest
+            .files
+            .contains_key(VMLINUX_FILE)
+            .then(|| dir.join(VMLINUX_FILE)),
         dir,
         manifest,
     })

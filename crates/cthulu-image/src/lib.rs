@@ -23,6 +23,7 @@ pub mod elf;
 pub mod error;
 pub mod image;
 pub mod initramfs;
+pub mod kernel;
 pub mod manifest;
 pub mod modules;
 pub mod rootfs;

@@ -11,6 +11,8 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const KERNEL_FILE: &str = "vmlinuz";
 pub const INITRAMFS_FILE: &str = "initramfs.cpio.gz";
 pub const ROOTFS_FILE: &str = "rootfs.ext4";
+/// The uncompressed kernel with a PVH entry, when it could be taken from the bzImage.
+pub const VMLINUX_FILE: &str = "vmlinux";
 
 /// The manifest of one image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,11 +82,9 @@ impl Manifest {
                 "its manifest's rootfs and {ROOTFS_FILE} entries disagree"
             ));
         }
-        if let Some(file) = self
-            .files
-            .keys()
-            .find(|file| ![KERNEL_FILE, INITRAMFS_FILE, ROOTFS_FILE].contains(&file.as_str()))
-        {
+        if let Some(file) = self.files.keys().find(|file| {
+            ![KERNEL_FILE, INITRAMFS_FILE, ROOTFS_FILE, VMLINUX_FILE].contains(&file.as_str())
+        }) {
             return Some(format!("its manifest lists an unknown file {file:?}"));
         }
         None

@@ -17,7 +17,7 @@ use cthulu_core::ExecSpec;
 use crate::client::GuestClient;
 use crate::provider::{ImageResolver, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
 use crate::qemu::{self, Qemu};
-use crate::sandbox::machine_of;
+use crate::sandbox::{machine_of, prepare_disk};
 use crate::state::VmState;
 use crate::template::{TemplateKey, Templates};
 use crate::vm::{Vm, VmError};
@@ -136,12 +136,14 @@ impl Pool {
         let dir = self.vms.join(format!("spare-{}", crate::random_hex(8)));
         fs_err::create_dir_all(&dir)?;
         let made = async {
+            let disk = prepare_disk(qemu, &template.dir, &dir, None).await?;
             let machine = machine_of(
                 &dir,
                 &template.dir,
                 DEFAULT_MEMORY_MIB,
                 DEFAULT_VCPUS,
                 false,
+                disk,
             );
             let (vm, _qmp, client) = Vm::resume(qemu, &machine, &template.state).await?;
             // Run what a first create runs, so its code is translated already.

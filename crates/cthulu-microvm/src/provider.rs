@@ -13,7 +13,7 @@ use cthulu_guest_protocol::message::GuestLimits;
 
 use crate::pool::Pool;
 use crate::qemu::{self, Qemu};
-use crate::sandbox::{capabilities, clone_machine, vm_failure, VmSandbox};
+use crate::sandbox::{capabilities, clone_machine, prepare_disk, vm_failure, VmSandbox};
 use crate::state::VmState;
 use crate::template::{GuestImage, TemplateKey, Templates};
 use crate::vm::Vm;
@@ -32,6 +32,8 @@ pub fn image_resolver(images_dir: PathBuf) -> ImageResolver {
             version: image.version().to_string(),
             kernel: image.kernel().to_path_buf(),
             initramfs: image.initramfs().to_path_buf(),
+            rootfs: image.rootfs().map(Path::to_path_buf),
+            vmlinux: image.vmlinux().map(Path::to_path_buf),
         })
     })
 }
@@ -174,8 +176,10 @@ impl QemuProvider {
             return Err(SandboxError::Unsupported {
                 backend: BackendKind::Qemu,
                 operation: "limit",
-                reason: "the files of an initramfs image live in the guest's RAM: its memory \
-                         limit bounds them; a disk limit needs a root disk image"
+                reason: "a microVM's disk is its image's: an initramfs image keeps the guest's \
+                         files in its RAM (the memory limit bounds them), an image with a root \
+                         filesystem has the size it was built with (`cthulu image build \
+                         --rootfs ... --rootfs-size 4G`)"
                     .into(),
             });
         }
@@ -254,6 +258,7 @@ impl QemuProvider {
         state.template = template.name.clone();
         fs_err::create_dir_all(dir).map_err(|error| SandboxError::io("create", dir, error))?;
         if let Some(spare) = self.pool.take(&template.name) {
+            state.disk = template.disk.is_some();
             state.vm_dir = Some(spare.vm.dir.clone());
             state.pid = spare.vm.pid;
             save(&state, dir)?;
@@ -269,6 +274,7 @@ impl QemuProvider {
             dir,
             &template.dir,
             &template.state,
+            None,
             &mut state,
             limits,
             "start the VM from its template",
@@ -356,10 +362,11 @@ impl QemuProvider {
                 source_state.template
             )));
         }
-        let vmstate = source_dir
-            .join("checkpoints")
-            .join(&found.id)
-            .join("vmstate");
+        let checkpoint_dir = source_dir.join("checkpoints").join(&found.id);
+        let vmstate = checkpoint_dir.join("vmstate");
+        let source_disk = source_state
+            .disk
+            .then(|| checkpoint_dir.join(crate::qemu::DISK_FILE));
         let mut state = VmState::new(sandbox_id.clone(), {
             let mut env = source_state.env.clone();
             env.extend(spec.env.clone());
@@ -378,6 +385,7 @@ impl QemuProvider {
             dir,
             &template_dir,
             &vmstate,
+            source_disk.as_deref(),
             &mut state,
             None,
             "start the VM from the checkpoint",
@@ -395,16 +403,22 @@ fn save(state: &VmState, dir: &Path) -> Result<(), SandboxError> {
 }
 
 /// Resumes `vmstate` on the template in `template_dir` as the VM of `state` (a new
-/// sandbox), gives it its identity and `limits`, and records it running.
+/// sandbox), its root disk (when the template has one) a copy of `disk_from` or a new
+/// overlay, gives it its identity and `limits`, and records it running.
+#[allow(clippy::too_many_arguments)]
 async fn start_clone(
     qemu: &Qemu,
     dir: &Path,
     template_dir: &Path,
     vmstate: &Path,
+    disk_from: Option<&Path>,
     state: &mut VmState,
     limits: Option<GuestLimits>,
     operation: &'static str,
 ) -> Result<crate::client::GuestClient, SandboxError> {
+    state.disk = prepare_disk(qemu, template_dir, dir, disk_from)
+        .await
+        .map_err(vm_failure(operation))?;
     let machine = clone_machine(dir, template_dir, state);
     let (vm, _qmp, client) = Vm::resume(qemu, &machine, vmstate)
         .await
@@ -458,7 +472,12 @@ impl SandboxProvider for QemuProvider {
                 ),
                 limit("cpus", false, "use vcpus: the VM's CPU count"),
                 limit("pids", false, "not enforced inside the VM"),
-                limit("disk", false, "the guest's files live in its RAM"),
+                limit(
+                    "disk",
+                    false,
+                    "the image's: its root filesystem's size, or the guest's RAM for an \
+                     initramfs image",
+                ),
                 limit(
                     "timeout",
                     true,

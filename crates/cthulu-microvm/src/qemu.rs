@@ -10,6 +10,8 @@ pub const QMP_SOCKET: &str = "qmp.sock";
 pub const AGENT_SOCKET: &str = "agent.sock";
 pub const CONSOLE_LOG: &str = "console.log";
 pub const PID_FILE: &str = "qemu.pid";
+/// The VM's root disk: a qcow2 overlay (copy-on-write) over its template's disk.
+pub const DISK_FILE: &str = "disk.qcow2";
 
 /// What a finished template's directory does not keep.
 pub const SCRATCH_FILES: [&str; 3] = [QMP_SOCKET, AGENT_SOCKET, PID_FILE];
@@ -47,6 +49,9 @@ pub struct Qemu {
     /// The host TSC frequency, passed as `tsc_early_khz`: without it about one boot in
     /// five hangs calibrating the TSC (microvm has neither HPET nor PM timer).
     pub tsc_khz: Option<u64>,
+    /// `qemu-img`, which makes the copy-on-write overlays of root disks (next to QEMU or
+    /// on PATH; images without a root filesystem do not need it).
+    pub img: Option<PathBuf>,
 }
 
 impl Qemu {
@@ -68,14 +73,69 @@ impl Qemu {
         let (accel, accel_reason) = choose_accel();
         let firmware =
             Some(PathBuf::from("/usr/share/qemu/qboot.rom")).filter(|path| path.is_file());
+        let img = binary
+            .parent()
+            .map(|dir| dir.join("qemu-img"))
+            .filter(|path| path.is_file())
+            .or_else(|| find_in_path("qemu-img"));
         Ok(Qemu {
             binary,
             firmware,
             accel,
             accel_reason,
             tsc_khz: host_tsc_khz(),
+            img,
         })
     }
+
+    /// Makes `overlay`, a qcow2 image whose unwritten blocks read from `backing` (of
+    /// `backing_format`, `raw` or `qcow2`). A relative `backing` is resolved from the
+    /// overlay's directory (so a template's directory can be renamed into place).
+    pub async fn create_overlay(
+        &self,
+        backing: &Path,
+        backing_format: &str,
+        overlay: &Path,
+    ) -> Result<(), String> {
+        let img = self.img.as_ref().ok_or_else(|| {
+            "qemu-img is not installed (the image has a root disk, whose copy-on-write \
+             overlays it makes): install it with `apt-get install -t bookworm-backports \
+             qemu-utils`"
+                .to_string()
+        })?;
+        let output = tokio::process::Command::new(img)
+            .args(overlay_args(backing, backing_format, overlay))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|error| format!("running {}: {error}", img.display()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "qemu-img could not make the disk overlay {} ({}): {}",
+                overlay.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
+        }
+    }
+}
+
+/// The `qemu-img` arguments that make a qcow2 `overlay` over `backing`.
+pub fn overlay_args(backing: &Path, backing_format: &str, overlay: &Path) -> Vec<String> {
+    vec![
+        "create".into(),
+        "-q".into(),
+        "-f".into(),
+        "qcow2".into(),
+        "-F".into(),
+        backing_format.into(),
+        "-b".into(),
+        backing.display().to_string(),
+        overlay.display().to_string(),
+    ]
 }
 
 fn choose_accel() -> (Accel, String) {
@@ -142,6 +202,9 @@ pub struct Machine {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
     pub ram: Ram,
+    /// The root disk (a qcow2 overlay), for images with a root filesystem: the agent
+    /// switches into it (`cthulu.root=/dev/vda`).
+    pub disk: Option<PathBuf>,
     /// Waits for `migrate-incoming` instead of booting.
     pub incoming: bool,
 }
@@ -159,12 +222,18 @@ impl Qemu {
             "reboot=t".into(),
             "panic=-1".into(),
             "quiet".into(),
+            // The crypto self-tests check the kernel's own algorithm implementations at
+            // every boot: about 0.9 s under TCG here, and no protection for the guest.
+            "cryptomgr.notests".into(),
         ];
         if let Some(khz) = self.tsc_khz {
             append.push(format!("tsc_early_khz={khz}"));
         }
         if machine.network {
             append.push(format!("cthulu.net={GUEST_NET}"));
+        }
+        if machine.disk.is_some() {
+            append.push("cthulu.root=/dev/vda".into());
         }
         let mut args: Vec<String> = vec![
             "-nodefaults".into(),
@@ -222,6 +291,19 @@ impl Qemu {
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", path(QMP_SOCKET)),
         ]);
+        if let Some(disk) = &machine.disk {
+            // A template and its clones list the same devices in the same order, as the
+            // saved device state requires; only the overlay file differs.
+            args.extend([
+                "-drive".into(),
+                format!(
+                    "file={},if=none,id=root,format=qcow2,discard=unmap",
+                    disk.display()
+                ),
+                "-device".into(),
+                "virtio-blk-device,drive=root".into(),
+            ]);
+        }
         if machine.network {
             args.extend([
                 "-netdev".into(),
@@ -331,6 +413,7 @@ mod tests {
             accel,
             accel_reason: String::new(),
             tsc_khz: Some(2_596_144),
+            img: None,
         }
     }
 
@@ -343,6 +426,7 @@ mod tests {
             kernel: "/images/default/vmlinuz".into(),
             initramfs: "/images/default/initramfs.cpio.gz".into(),
             ram,
+            disk: None,
             incoming,
         }
     }
@@ -361,6 +445,7 @@ mod tests {
         assert!(has_pair(&args, "-bios", "/usr/share/qemu/qboot.rom"));
         let append = &args[args.iter().position(|arg| arg == "-append").unwrap() + 1];
         assert!(append.contains("tsc_early_khz=2596144"), "{append}");
+        assert!(append.contains("cryptomgr.notests"), "{append}");
         assert!(!append.contains("cthulu.net"), "no network asked: {append}");
         assert!(!args.iter().any(|arg| arg.starts_with("user,")), "{args:?}");
         assert!(has_pair(
@@ -398,5 +483,44 @@ mod tests {
         assert!(has_pair(&args, "-netdev", "user,id=net0"));
         let append = &args[args.iter().position(|arg| arg == "-append").unwrap() + 1];
         assert!(append.contains("cthulu.net=10.0.2.15/24"), "{append}");
+        assert!(!append.contains("cthulu.root"), "no disk: {append}");
+        assert!(!args.contains(&"-drive".to_string()), "{args:?}");
+    }
+
+    #[test]
+    fn a_vm_with_a_root_disk_boots_into_its_overlay() {
+        let mut with_disk = machine(false, true, Ram::Private("/t/ram".into()));
+        with_disk.disk = Some("/state/vm1/disk.qcow2".into());
+        let args = qemu(Accel::Tcg).command_line(&with_disk);
+        assert!(has_pair(
+            &args,
+            "-drive",
+            "file=/state/vm1/disk.qcow2,if=none,id=root,format=qcow2,discard=unmap"
+        ));
+        assert!(has_pair(&args, "-device", "virtio-blk-device,drive=root"));
+        let append = &args[args.iter().position(|arg| arg == "-append").unwrap() + 1];
+        assert!(append.contains("cthulu.root=/dev/vda"), "{append}");
+    }
+
+    #[test]
+    fn an_overlay_names_its_backing_file_and_format() {
+        assert_eq!(
+            overlay_args(
+                Path::new("/t/disk.qcow2"),
+                "qcow2",
+                Path::new("/s/disk.qcow2")
+            ),
+            [
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "qcow2",
+                "-b",
+                "/t/disk.qcow2",
+                "/s/disk.qcow2"
+            ]
+        );
     }
 }

@@ -20,10 +20,10 @@ use cthulu_types::{
 
 use crate::client::GuestClient;
 use crate::guest::{self, refusal, GuestExec};
-use crate::qemu::{Machine, Qemu, Ram};
+use crate::qemu::{Machine, Qemu, Ram, DISK_FILE};
 use crate::qmp::Qmp;
 use crate::state::{now_ms, VmState};
-use crate::template::{INITRAMFS_FILE, KERNEL_FILE, RAM_FILE as TEMPLATE_RAM};
+use crate::template::{INITRAMFS_FILE, RAM_FILE as TEMPLATE_RAM};
 use crate::vm::{Vm, VmError, RESTORE_TIMEOUT};
 
 const CHECKPOINTS_DIR: &str = "checkpoints";
@@ -236,15 +236,21 @@ impl VmSandbox {
             })
     }
 
-    /// Replaces the VM by a new QEMU loading `vmstate`, its RAM mapped from the template.
-    async fn restore_memory(&self, vmstate: PathBuf) -> Result<(), SandboxError> {
+    /// Replaces the VM by a new QEMU loading the memory checkpoint in `checkpoint_dir`, its
+    /// RAM mapped from the template, its root disk (if any) the one saved with it.
+    async fn restore_memory(&self, checkpoint_dir: PathBuf) -> Result<(), SandboxError> {
         let old = self.vm();
         *self.agent.lock().await = None;
         *self.qmp.lock().await = None;
         old.kill().await;
         let state = self.lock().clone();
+        if state.disk {
+            let saved = checkpoint_dir.join(DISK_FILE);
+            let disk = old.dir.join(DISK_FILE);
+            fs_err::copy(&saved, &disk).map_err(|error| SandboxError::io("copy", &saved, error))?;
+        }
         let machine = clone_machine(&old.dir, &self.templates_root.join(&state.template), &state);
-        match Vm::resume(&self.qemu, &machine, &vmstate).await {
+        match Vm::resume(&self.qemu, &machine, &checkpoint_dir.join(VMSTATE_FILE)).await {
             Ok((vm, qmp, client)) => {
                 self.lock().pid = vm.pid;
                 Self::configure(&client, &self.sandbox_id, &state.env, false, None).await?;
@@ -279,27 +285,57 @@ pub(crate) fn clone_machine(
         state.memory_mib,
         state.vcpus,
         state.network,
+        state.disk,
     )
 }
 
-/// A VM in `dir` whose RAM is the template in `template_dir`, waiting for a state file.
+/// A VM in `dir` whose RAM is the template in `template_dir`, waiting for a state file;
+/// with `disk`, its root disk is `dir`'s overlay ([`prepare_disk`]).
 pub(crate) fn machine_of(
     dir: &std::path::Path,
     template_dir: &std::path::Path,
     memory_mib: u32,
     vcpus: u32,
     network: bool,
+    disk: bool,
 ) -> Machine {
     Machine {
         dir: dir.to_path_buf(),
         memory_mib,
         vcpus,
         network,
-        kernel: template_dir.join(KERNEL_FILE),
+        kernel: crate::template::boot_kernel(template_dir),
         initramfs: template_dir.join(INITRAMFS_FILE),
         ram: Ram::Private(template_dir.join(TEMPLATE_RAM)),
+        disk: disk.then(|| dir.join(DISK_FILE)),
         incoming: true,
     }
+}
+
+/// Gives the VM in `vm_dir` its root disk when its template has one: a copy of `from` (a
+/// checkpoint's disk, itself an overlay over the template's) or a new empty overlay over
+/// the template's disk. Returns whether the VM has a disk.
+pub(crate) async fn prepare_disk(
+    qemu: &Qemu,
+    template_dir: &std::path::Path,
+    vm_dir: &std::path::Path,
+    from: Option<&std::path::Path>,
+) -> Result<bool, VmError> {
+    let template_disk = template_dir.join(DISK_FILE);
+    if !template_disk.is_file() {
+        return Ok(false);
+    }
+    let disk = vm_dir.join(DISK_FILE);
+    match from {
+        Some(from) => {
+            fs_err::copy(from, &disk)?;
+        }
+        None => qemu
+            .create_overlay(&template_disk, "qcow2", &disk)
+            .await
+            .map_err(VmError::Launch)?,
+    }
+    Ok(true)
 }
 
 pub(crate) fn vm_failure(operation: &'static str) -> impl Fn(VmError) -> SandboxError {
@@ -501,7 +537,16 @@ impl SandboxHandle for VmSandbox {
                     *qmp = Some(self.vm().qmp().await.map_err(vm_failure("reach QEMU"))?);
                 }
                 let session = qmp.as_mut().expect("connected above");
-                let saved = self.vm().save(session, &dir.join(VMSTATE_FILE)).await;
+                let vm = self.vm();
+                let mut saved = vm.save(session, &dir.join(VMSTATE_FILE)).await;
+                if saved.is_ok() && self.lock().disk {
+                    // The disk as the saved memory knows it: copied while the CPUs are
+                    // stopped and QEMU has flushed and released it after the save.
+                    let disk = vm.dir.join(DISK_FILE);
+                    saved = fs_err::copy(&disk, dir.join(DISK_FILE))
+                        .map(|_| ())
+                        .map_err(VmError::from);
+                }
                 if was_running {
                     session
                         .execute("cont", None)
@@ -571,7 +616,7 @@ impl SandboxHandle for VmSandbox {
         let found = self.find_checkpoint(checkpoint)?;
         let dir = self.checkpoint_dir(&found.id);
         if found.memory {
-            return self.restore_memory(dir.join(VMSTATE_FILE)).await;
+            return self.restore_memory(dir).await;
         }
         self.check(Operation::Exec)?;
         let archive = fs_err::read(dir.join(WORKSPACE_TAR))

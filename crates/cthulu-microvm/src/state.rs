@@ -26,6 +26,10 @@ pub(crate) struct VmState {
     /// The image's version id and the template the VM's RAM is mapped from.
     pub image_version: String,
     pub template: String,
+    /// Whether the VM has a root disk (`disk.qcow2` in its VM directory, an overlay over
+    /// its template's).
+    #[serde(default)]
+    pub disk: bool,
     #[serde(default)]
     pub ports: Vec<ExposedPort>,
     #[serde(default)]
@@ -53,6 +57,7 @@ impl VmState {
             network: false,
             image_version: String::new(),
             template: String::new(),
+            disk: false,
             ports: Vec::new(),
             checkpoints: Vec::new(),
             vm_dir: None,

@@ -13,8 +13,7 @@ pub enum Placement {
 /// Free sandbox slots on a node: its maximum minus what it runs; a node without a
 /// maximum counts as having a great many.
 pub fn free_capacity(info: &ServerInfo) -> u64 {
-    let _ = info;
-    u64::MAX
+    u64::from(info.capacity.free())
 }
 
 /// Among `nodes` (name, and its info or why it could not be asked), the one with the most
@@ -57,7 +56,11 @@ pub fn choose_node(nodes: &[(String, Result<ServerInfo, String>)]) -> Placement 
         }
         let free = free_capacity(info);
         if free == 0 {
-            reasons.push(format!("{name}: it is full"));
+            reasons.push(format!(
+                "{name}: it is full ({} of {} sandboxes)",
+                info.capacity.sandboxes,
+                info.capacity.max_sandboxes.unwrap_or_default()
+            ));
             continue;
         }
         if best.is_none_or(|(_, most)| free > most) {
@@ -73,9 +76,13 @@ pub fn choose_node(nodes: &[(String, Result<ServerInfo, String>)]) -> Placement 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cthulu_types::{BackendInfo, BackendKind, Capabilities};
+    use cthulu_types::{BackendInfo, BackendKind, Capabilities, Capacity};
 
     fn info(available: bool) -> ServerInfo {
+        with_capacity(available, 0, None)
+    }
+
+    fn with_capacity(available: bool, sandboxes: u32, max_sandboxes: Option<u32>) -> ServerInfo {
         ServerInfo {
             version: "0".into(),
             default_backend: BackendKind::Namespace,
@@ -87,7 +94,35 @@ mod tests {
                 limits: Vec::new(),
             }],
             auth_required: true,
+            capacity: Capacity {
+                sandboxes,
+                max_sandboxes,
+            },
         }
+    }
+
+    #[test]
+    fn the_most_free_capacity_wins_and_full_nodes_are_skipped() {
+        let nodes = vec![
+            ("a".to_owned(), Ok(with_capacity(true, 3, Some(4)))),
+            ("b".to_owned(), Ok(with_capacity(true, 1, Some(4)))),
+            ("c".to_owned(), Ok(with_capacity(true, 2, Some(2)))),
+        ];
+        assert_eq!(choose_node(&nodes), Placement::Node("b".into()));
+        let unlimited = ("d".to_owned(), Ok(with_capacity(true, 50, None)));
+        let mut all = nodes.clone();
+        all.push(unlimited);
+        assert_eq!(choose_node(&all), Placement::Node("d".into()));
+        let Placement::Nowhere { reasons } = choose_node(&nodes[2..]) else {
+            panic!("a full node takes nothing");
+        };
+        assert_eq!(reasons, vec!["c: it is full (2 of 2 sandboxes)".to_owned()]);
+        // Equal room: the first by name.
+        let tied = vec![
+            ("x".to_owned(), Ok(with_capacity(true, 0, Some(2)))),
+            ("y".to_owned(), Ok(with_capacity(true, 0, Some(2)))),
+        ];
+        assert_eq!(choose_node(&tied), Placement::Node("x".into()));
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct ServerConfig {
     /// The fixed token of a node (`cthulu node`): terminal tokens are then checked with a
     /// key derived from it, which the platform that registered the node derives too.
     pub node_token: Option<String>,
+    /// The most sandboxes held at once (a node's `--max-vms`); `None`: no limit.
+    pub max_sandboxes: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,14 +212,17 @@ impl Server {
         let agents = crate::runs::load_agents(&config.runs, &config.home)?;
         let runs =
             crate::runs::RunManager::new(config.runs.clone(), agents, config.home.join("runs"));
-        let state = Arc::new(AppState::new(
-            db,
-            providers,
-            default_backend,
-            runs,
-            remote.clone(),
-            terminal_key,
-        ));
+        let state = Arc::new(
+            AppState::new(
+                db,
+                providers,
+                default_backend,
+                runs,
+                remote.clone(),
+                terminal_key,
+            )
+            .with_max_sandboxes(config.max_sandboxes),
+        );
         state
             .reattach_all()
             .await

@@ -9,8 +9,8 @@ use std::time::Duration;
 use cthulu_core::{SandboxError, SandboxHandle, SandboxProvider, SandboxSpec};
 use cthulu_types::sandbox::Operation;
 use cthulu_types::{
-    BackendInfo, BackendKind, Capabilities, CheckpointSupport, CreateSandboxRequest, ErrorCode,
-    SandboxId, SandboxStatus, UpdateSandboxRequest,
+    BackendInfo, BackendKind, Capabilities, Capacity, CheckpointSupport, CreateSandboxRequest,
+    ErrorCode, SandboxId, SandboxStatus, UpdateSandboxRequest,
 };
 
 use crate::db::{Database, SandboxRecord};
@@ -32,6 +32,11 @@ pub struct AppState {
     /// Signs and checks terminal tokens (crate::terminal).
     pub terminal_key: crate::terminal::TerminalKey,
     handles: RwLock<HashMap<SandboxId, Arc<dyn SandboxHandle>>>,
+    /// The most sandboxes held at once (`ServerConfig::max_sandboxes`).
+    max_sandboxes: Option<usize>,
+    /// Held while a create counts the live sandboxes and records its own, so concurrent
+    /// creates cannot both take the last place.
+    admitting: std::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -52,7 +57,47 @@ impl AppState {
             remote,
             terminal_key,
             handles: RwLock::new(HashMap::new()),
+            max_sandboxes: None,
+            admitting: std::sync::Mutex::new(()),
         }
+    }
+
+    /// Limits the sandboxes held at once (not destroyed ones: creating, running, stopped,
+    /// lost); a create past it answers `capacity_exceeded`.
+    pub fn with_max_sandboxes(mut self, max_sandboxes: Option<usize>) -> Self {
+        self.max_sandboxes = max_sandboxes;
+        self
+    }
+
+    /// The sandboxes held now against the limit.
+    pub fn capacity(&self) -> ApiResult<Capacity> {
+        let held = self.db.list_sandboxes(false)?.len();
+        Ok(Capacity {
+            sandboxes: u32::try_from(held).unwrap_or(u32::MAX),
+            max_sandboxes: self
+                .max_sandboxes
+                .map(|max| u32::try_from(max).unwrap_or(u32::MAX)),
+        })
+    }
+
+    /// Records `record` unless the server is full.
+    fn admit(&self, record: &SandboxRecord) -> ApiResult<()> {
+        let _admitting = self
+            .admitting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(max) = self.max_sandboxes {
+            let held = self.db.list_sandboxes(false)?.len();
+            if held >= max {
+                return Err(ApiFailure::new(
+                    ErrorCode::CapacityExceeded,
+                    format!("this server holds {held} sandboxes, its limit is {max}"),
+                )
+                .with_hint("destroy a sandbox (`cthulu sandbox rm ID`) or raise the limit"));
+            }
+        }
+        self.db.insert_sandbox(record)?;
+        Ok(())
     }
 
     /// Every backend kind: the ones this server has, as they report themselves, and the
@@ -205,7 +250,7 @@ impl AppState {
             created_at_ms: now,
             expires_at_ms: lifetime_end(now, request.timeout_secs),
         };
-        self.db.insert_sandbox(&record)?;
+        self.admit(&record)?;
         match provider.provision(&record.id, &record.spec).await {
             Ok(handle) => {
                 record.status = handle.status();

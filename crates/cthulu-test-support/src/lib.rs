@@ -156,6 +156,7 @@ impl TestServer {
             // Agents come from `<home>/agents.json` ([`TestServer::start_with_agents`]).
             runs: cthulu_server::RunsConfig::default(),
             node_token: None,
+            max_sandboxes: None,
         };
         configure(&mut config);
         let server = Server::start(config).await.expect("the server starts");

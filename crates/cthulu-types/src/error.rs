@@ -25,6 +25,8 @@ pub enum ErrorCode {
     Conflict,
     PayloadTooLarge,
     NodeUnreachable,
+    /// The server holds as many sandboxes as it is configured to (`max_sandboxes`).
+    CapacityExceeded,
     Internal,
 }
 
@@ -45,7 +47,9 @@ impl ErrorCode {
             ErrorCode::InvalidState | ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Unsupported => 501,
-            ErrorCode::BackendUnavailable | ErrorCode::NodeUnreachable => 503,
+            ErrorCode::BackendUnavailable
+            | ErrorCode::NodeUnreachable
+            | ErrorCode::CapacityExceeded => 503,
             ErrorCode::Internal => 500,
         }
     }
@@ -68,6 +72,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::NodeUnreachable => "node_unreachable",
+            ErrorCode::CapacityExceeded => "capacity_exceeded",
             ErrorCode::Internal => "internal",
         }
     }

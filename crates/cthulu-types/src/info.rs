@@ -77,4 +77,25 @@ pub struct ServerInfo {
     pub backends: Vec<BackendInfo>,
     /// Whether requests need `Authorization: Bearer` (true once an API key exists).
     pub auth_required: bool,
+    /// How many sandboxes the server holds, and how many it may (placement reads this).
+    #[serde(default)]
+    pub capacity: Capacity,
+}
+
+/// The sandboxes a server holds against its limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Capacity {
+    /// Sandboxes that are not destroyed (creating, running, stopped, lost).
+    pub sandboxes: u32,
+    /// The most it holds at once; `None`: no limit is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sandboxes: Option<u32>,
+}
+
+impl Capacity {
+    /// Room for more sandboxes (`u32::MAX` when unlimited).
+    pub fn free(&self) -> u32 {
+        self.max_sandboxes
+            .map_or(u32::MAX, |max| max.saturating_sub(self.sandboxes))
+    }
 }

@@ -30,8 +30,8 @@ pub use exec::{
 };
 pub use files::{DirEntry, DirListing, FileKind, FileWritten};
 pub use id::{IdError, SandboxId};
-pub use info::{BackendInfo, Capabilities, CheckpointSupport, LimitSupport, ServerInfo};
-pub use nodes::{AddNodeRequest, NodeCapacity, NodeList, NodeSummary, TerminalAccess};
+pub use info::{BackendInfo, Capabilities, Capacity, CheckpointSupport, LimitSupport, ServerInfo};
+pub use nodes::{AddNodeRequest, NodeList, NodeSummary, TerminalAccess};
 pub use ports::{ExposePortRequest, ExposedPort, PortList};
 pub use runs::{
     CreateRunRequest, Run, RunChanges, RunEvent, RunEventBody, RunList, RunStatus, RunTimings,

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::BackendKind;
+use crate::{BackendKind, Capacity};
 
 /// `POST /api/v1/nodes`: registers a node; the platform checks it by calling the node's
 /// `GET /api/v1/info` with the token first.
@@ -20,16 +20,6 @@ pub struct AddNodeRequest {
     pub token: String,
 }
 
-/// How full a node is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct NodeCapacity {
-    /// Live sandboxes on the node.
-    pub sandboxes: u64,
-    /// The most it takes; absent: no limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_sandboxes: Option<u64>,
-}
-
 /// A registered node as `GET /api/v1/nodes` shows it (never with its token).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NodeSummary {
@@ -42,7 +32,7 @@ pub struct NodeSummary {
     pub error: Option<String>,
     /// Its capacity, when it answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capacity: Option<NodeCapacity>,
+    pub capacity: Option<Capacity>,
     /// The backends available on it.
     pub backends: Vec<BackendKind>,
     /// The backend its sandboxes get.

@@ -2,6 +2,7 @@
 //! `$CTHULU_TEST_IMAGES` (as `.ci/run` sets it) or `/var/cache/cthulu/images`; without
 //! either the tests print `SKIP qemu: <reason>`.
 
+mod disk;
 mod pool;
 mod support;
 mod vm;

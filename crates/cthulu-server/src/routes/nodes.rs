@@ -6,9 +6,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use cthulu_remote::{probe, validate_node_name, Node};
-use cthulu_types::{
-    AddNodeRequest, ErrorBody, ErrorCode, NodeCapacity, NodeList, NodeSummary, ServerInfo,
-};
+use cthulu_types::{AddNodeRequest, ErrorBody, ErrorCode, NodeList, NodeSummary, ServerInfo};
 
 use super::ApiJson;
 use crate::error::{ApiFailure, ApiResult};
@@ -112,7 +110,7 @@ fn summary(
         url: node.url.clone(),
         reachable,
         error,
-        capacity: info.map(node_capacity),
+        capacity: info.map(|info| info.capacity.clone()),
         backends: info
             .map(|info| {
                 info.backends
@@ -125,14 +123,6 @@ fn summary(
         default_backend: info.map(|info| info.default_backend),
         platform_sandboxes,
         added_at_ms,
-    }
-}
-
-fn node_capacity(info: &ServerInfo) -> NodeCapacity {
-    let _ = info;
-    NodeCapacity {
-        sandboxes: 0,
-        max_sandboxes: None,
     }
 }
 

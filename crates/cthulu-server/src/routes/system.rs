@@ -60,6 +60,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> ApiResult<ApiJson<Serve
         default_backend: state.default_backend,
         backends: state.backend_infos(),
         auth_required: state.db.has_api_keys()?,
+        capacity: state.capacity()?,
     }))
 }
 

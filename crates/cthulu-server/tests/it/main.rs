@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod capacity;
 mod claude_code;
 mod errors;
 mod lifetime;

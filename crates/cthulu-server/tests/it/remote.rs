@@ -12,10 +12,16 @@ use crate::support::{code, Api};
 
 /// A node: a server whose API key is also its fixed node token.
 pub async fn start_node() -> (TestServer, String) {
+    start_node_holding(None).await
+}
+
+/// A node that holds at most `max_sandboxes`.
+async fn start_node_holding(max_sandboxes: Option<usize>) -> (TestServer, String) {
     let mut token = String::new();
     let server = TestServer::start_with(|config| {
         token = cthulu_server::create_api_key(&config.home, Some("platform")).unwrap();
         config.node_token = Some(token.clone());
+        config.max_sandboxes = max_sandboxes;
     })
     .await;
     (server, token)
@@ -418,4 +424,76 @@ async fn a_node_that_turns_to_garbage_is_a_clear_error() {
             .0,
         204
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn placement_picks_the_node_with_the_most_room() {
+    let (_platform, api) = start_platform().await;
+    let (small, small_token) = start_node_holding(Some(1)).await;
+    let (large, large_token) = start_node_holding(Some(3)).await;
+    assert_eq!(add_node(&api, "small", &small, &small_token).await.0, 201);
+    assert_eq!(add_node(&api, "large", &large, &large_token).await.0, 201);
+    let count = |node: &TestServer, token: &str| {
+        let node_api = Api::new(node).with_token(token);
+        async move {
+            node_api.get("/api/v1/sandboxes").await.1["sandboxes"]
+                .as_array()
+                .unwrap()
+                .len()
+        }
+    };
+
+    // Free room: small 1, large 3.
+    let first = api.create(json!({"backend": "remote"})).await;
+    assert_eq!(
+        (
+            count(&small, &small_token).await,
+            count(&large, &large_token).await
+        ),
+        (0, 1)
+    );
+    // Asked by name, it goes there.
+    let second = api.create(json!({"node": "small"})).await;
+    assert_eq!(count(&small, &small_token).await, 1);
+    // Small is full now; large still has room.
+    let third = api.create(json!({"backend": "remote"})).await;
+    assert_eq!(count(&large, &large_token).await, 2);
+    let (status, body) = api
+        .post("/api/v1/sandboxes", json!({"node": "small"}))
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (503, "backend_unavailable"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("small: it is full"),
+        "{body}"
+    );
+    let (_, nodes) = api.get("/api/v1/nodes").await;
+    let small_summary = &nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|node| node["name"] == "small")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        small_summary["capacity"],
+        json!({"sandboxes": 1, "max_sandboxes": 1}),
+        "{nodes}"
+    );
+    assert_eq!(small_summary["platform_sandboxes"], 1, "{nodes}");
+
+    for sandbox_id in [first, second, third] {
+        assert_eq!(
+            api.delete(&format!("/api/v1/sandboxes/{sandbox_id}"))
+                .await
+                .0,
+            204
+        );
+    }
 }

@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// Largest input archive of an agent run, in bytes (as sent and unpacked)
     #[arg(long, env = "CTHULU_MAX_RUN_INPUT", default_value_t = cthulu_server::runs::config::DEFAULT_MAX_INPUT_BYTES)]
     pub max_run_input: u64,
+    /// The most sandboxes held at once; a create past it answers `capacity_exceeded`
+    /// [default: no limit]
+    #[arg(long, env = "CTHULU_MAX_SANDBOXES")]
+    pub max_sandboxes: Option<usize>,
 }
 
 /// How the host backend starts its process shim: this very binary, `cthulu __shim`.
@@ -83,6 +87,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
             ..cthulu_server::RunsConfig::default()
         },
         node_token: None,
+        max_sandboxes: args.max_sandboxes,
     };
     let server = Server::start(config)
         .await

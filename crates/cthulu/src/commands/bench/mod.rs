@@ -96,6 +96,7 @@ async fn start_target(
         warm_vms: cthulu_server::DEFAULT_WARM_VMS,
         runs: cthulu_server::RunsConfig::default(),
         node_token: None,
+        max_sandboxes: None,
     };
     let server = Server::start(config)
         .await

@@ -245,6 +245,7 @@ pub async fn run(global: &GlobalArgs, args: &BenchArgs, runs: u32) -> anyhow::Re
             ..cthulu_server::RunsConfig::default()
         },
         node_token: None,
+        max_sandboxes: None,
     };
     let server = Server::start(config)
         .await
