@@ -1,7 +1,8 @@
 //! Typed async client of the Cthulu HTTP and WebSocket API (docs/api.md, docs/streaming.md).
 //!
 //! - [`CthuluClient`]: one method per route, built on `reqwest`; its methods are spread
-//!   over one module per resource (`sandboxes`, `exec`, `files`, `ports`, `checkpoints`, `runs`).
+//!   over one module per resource (`sandboxes`, `exec`, `files`, `ports`, `checkpoints`,
+//!   `runs`, `nodes`).
 //! - [`RunEvents`]: an agent run's Server-Sent Events, stored then live, then its end.
 //! - [`ExecSession`]: a streaming exec or an attach over WebSocket. It yields
 //!   [`ExecEvent`]s (stdout, stderr, exit); its cloneable [`ExecSender`] sends stdin,
@@ -14,6 +15,7 @@ mod client;
 mod error;
 mod exec;
 mod files;
+mod nodes;
 mod ports;
 mod runs;
 mod sandboxes;

@@ -56,6 +56,9 @@ pub enum Command {
     /// Manage API keys
     #[command(subcommand)]
     Key(commands::key::KeyCommand),
+    /// Register, list and remove the nodes remote sandboxes are placed on
+    #[command(subcommand)]
+    Node(commands::node_registry::NodeCommand),
     /// Measure the server's latency, throughput and memory per sandbox
     Bench(commands::bench::BenchArgs),
     /// Build and list microVM images (kernel, initramfs with the guest agent, rootfs)

@@ -6,6 +6,7 @@ pub mod cp;
 pub mod image;
 pub mod info;
 pub mod key;
+pub mod node_registry;
 pub mod run;
 pub mod sandbox;
 pub mod serve;
@@ -30,6 +31,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Cp(args) => cp::run(&global, args).await,
         Command::Info => info::run(&global).await,
         Command::Key(command) => key::run(command),
+        Command::Node(command) => node_registry::run(&global, command).await,
         Command::Bench(args) => bench::run(&global, args).await,
         Command::Image(command) => image::run(&global, command).await,
         Command::Agent(command) => agent::run(&global, command).await,
