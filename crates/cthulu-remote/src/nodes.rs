@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cthulu_client::CthuluClient;
 use cthulu_core::SandboxError;
@@ -13,6 +13,9 @@ use crate::errors::NodeCall;
 
 /// How long a connection to a node may take before it is `node_unreachable`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a node that did not answer is taken as down without asking it again (so a
+/// restart re-attaching many sandboxes of a dead node waits for it once, not per sandbox).
+const DOWN_FOR: Duration = Duration::from_secs(10);
 /// How long a node has to answer `GET /api/v1/info`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -87,6 +90,7 @@ pub async fn probe(node: &Node) -> Result<ServerInfo, SandboxError> {
 pub struct NodeDirectory {
     nodes: RwLock<BTreeMap<String, Node>>,
     last_info: RwLock<BTreeMap<String, ServerInfo>>,
+    unreachable_since: RwLock<BTreeMap<String, Instant>>,
 }
 
 impl NodeDirectory {
@@ -99,6 +103,7 @@ impl NodeDirectory {
                     .collect(),
             ),
             last_info: RwLock::new(BTreeMap::new()),
+            unreachable_since: RwLock::new(BTreeMap::new()),
         }
     }
 
@@ -108,6 +113,7 @@ impl NodeDirectory {
 
     pub fn remove(&self, name: &str) -> Option<Node> {
         write(&self.last_info).remove(name);
+        write(&self.unreachable_since).remove(name);
         write(&self.nodes).remove(name)
     }
 
@@ -126,7 +132,20 @@ impl NodeDirectory {
 
     /// Remembers what `name` said about itself (capabilities for `info()`).
     pub fn record_info(&self, name: &str, info: &ServerInfo) {
+        write(&self.unreachable_since).remove(name);
         write(&self.last_info).insert(name.to_owned(), info.clone());
+    }
+
+    /// Remembers that `name` did not answer just now.
+    pub fn record_unreachable(&self, name: &str) {
+        write(&self.unreachable_since).insert(name.to_owned(), Instant::now());
+    }
+
+    /// Whether `name` failed to answer within the last few seconds.
+    pub fn recently_unreachable(&self, name: &str) -> bool {
+        read(&self.unreachable_since)
+            .get(name)
+            .is_some_and(|since| since.elapsed() < DOWN_FOR)
     }
 
     /// What the nodes can do, as far as they last said: whatever any node's default
@@ -196,5 +215,16 @@ mod tests {
         assert!(!format!("{node:?}").contains("secret-token"));
         let directory = NodeDirectory::new([node]);
         assert!(!format!("{directory:?}").contains("secret-token"));
+    }
+
+    #[test]
+    fn a_node_that_did_not_answer_is_down_for_a_while() {
+        let directory = NodeDirectory::default();
+        assert!(!directory.recently_unreachable("a"));
+        directory.record_unreachable("a");
+        assert!(directory.recently_unreachable("a"));
+        assert!(!directory.recently_unreachable("b"));
+        directory.remove("a");
+        assert!(!directory.recently_unreachable("a"));
     }
 }

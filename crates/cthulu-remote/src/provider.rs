@@ -92,8 +92,12 @@ impl RemoteProvider {
             .into_iter()
             .zip(answers)
             .map(|(node, answer)| {
-                if let Ok(info) = &answer {
-                    self.nodes.record_info(&node.name, info);
+                match &answer {
+                    Ok(info) => self.nodes.record_info(&node.name, info),
+                    Err(error) if error.code() == cthulu_types::ErrorCode::NodeUnreachable => {
+                        self.nodes.record_unreachable(&node.name)
+                    }
+                    Err(_) => {}
                 }
                 (node, answer)
             })
@@ -279,7 +283,12 @@ impl SandboxProvider for RemoteProvider {
             })?;
         let client = node.client()?;
         let sandbox = RemoteSandbox::new(sandbox_id.clone(), dir, client, state);
-        match sandbox.refresh().await {
+        let refreshed = if self.nodes.recently_unreachable(&node.name) {
+            Err(node.call().unreachable("it did not answer a moment ago"))
+        } else {
+            sandbox.refresh().await
+        };
+        match refreshed {
             Ok(()) => {}
             Err(SandboxError::SandboxNotFound { sandbox_id }) => {
                 return Err(SandboxError::SandboxNotFound { sandbox_id })
@@ -287,6 +296,9 @@ impl SandboxProvider for RemoteProvider {
             // Down for now: the sandbox keeps its last known status and works again once
             // the node answers.
             Err(error) => {
+                if error.code() == cthulu_types::ErrorCode::NodeUnreachable {
+                    self.nodes.record_unreachable(&node.name);
+                }
                 tracing::warn!(%sandbox_id, %error, "the node of a remote sandbox does not answer")
             }
         }
