@@ -12,6 +12,11 @@ use super::ApiJson;
 use crate::error::{ApiFailure, ApiResult};
 use crate::state::AppState;
 
+/// Longest node token accepted.
+const MAX_TOKEN_BYTES: usize = 4096;
+/// Longest node URL accepted.
+const MAX_URL_BYTES: usize = 2048;
+
 #[utoipa::path(
     post, path = "/api/v1/nodes", tag = "nodes",
     request_body = AddNodeRequest,
@@ -29,6 +34,19 @@ pub async fn add(
     if request.token.trim().is_empty() {
         return Err(ApiFailure::bad_request("the node's token is empty")
             .with_hint("give the token the node was started with (--token)"));
+    }
+    // It goes into an HTTP header: printable ASCII only, and not a novel.
+    if request.token.len() > MAX_TOKEN_BYTES
+        || !request.token.bytes().all(|byte| byte.is_ascii_graphic())
+    {
+        return Err(ApiFailure::bad_request(format!(
+            "the node's token must be 1-{MAX_TOKEN_BYTES} printable ASCII characters without spaces"
+        )));
+    }
+    if request.url.len() > MAX_URL_BYTES {
+        return Err(ApiFailure::bad_request(format!(
+            "the node's URL is longer than {MAX_URL_BYTES} bytes"
+        )));
     }
     if state.remote.nodes().get(&request.name).is_some() {
         return Err(conflict(&request.name));

@@ -112,6 +112,12 @@ async fn registering_checks_the_node_and_never_shows_its_token() {
         json!({"name": "Bad Name", "url": node.url(), "token": token}),
         json!({"name": "n1", "url": node.url(), "token": ""}),
         json!({"name": "n1", "url": node.url()}),
+        json!({"name": "n1", "url": node.url(), "token": "with space"}),
+        json!({"name": "n1", "url": node.url(), "token": "line\nbreak"}),
+        json!({"name": "n1", "url": node.url(), "token": "x".repeat(5000)}),
+        json!({"name": "n1", "url": format!("{}/{}", node.url(), "x".repeat(3000)), "token": token}),
+        json!({"name": "n1", "url": "ftp://127.0.0.1/", "token": token}),
+        json!({"name": "n1", "url": "not a url", "token": token}),
     ] {
         let (status, body) = api.post("/api/v1/nodes", bad.clone()).await;
         assert_eq!(status, 400, "{bad}: {body}");
