@@ -2,7 +2,8 @@
 //! scenario runs on a provider whose one registered node is a real server (the test
 //! support's `TestServer`, with an API key so that auth is on), started in the test's own
 //! runtime. The node runs its default backend (namespace where it can, host otherwise);
-//! the scenarios see only the remote provider.
+//! the scenarios see only the remote provider, and the isolation scenarios run when the
+//! node's backend isolates.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -14,7 +15,8 @@ use cthulu_test_support::TestServer;
 struct RemoteTarget {
     state: tempfile::TempDir,
     node: Mutex<Option<TestServer>>,
-    directory: OnceLock<Arc<NodeDirectory>>,
+    /// The node's directory, and whether the node's default backend isolates.
+    directory: OnceLock<(Arc<NodeDirectory>, bool)>,
 }
 
 impl RemoteTarget {
@@ -32,21 +34,29 @@ impl RemoteTarget {
 
     /// The directory holding the node, started on first use (the suite asks for the
     /// provider inside the test's multi-threaded runtime).
-    fn directory(&self) -> Arc<NodeDirectory> {
-        self.directory
-            .get_or_init(|| {
-                let (server, token) = tokio::task::block_in_place(|| {
-                    tokio::runtime::Handle::current().block_on(start_node())
-                });
-                let node = Node {
-                    name: "node1".into(),
-                    url: server.url().to_owned(),
-                    token,
-                };
-                *self.node.lock().unwrap() = Some(server);
-                Arc::new(NodeDirectory::new([node]))
+    fn node(&self) -> &(Arc<NodeDirectory>, bool) {
+        self.directory.get_or_init(|| {
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async {
+                    let (server, token) = start_node().await;
+                    let node = Node {
+                        name: "node1".into(),
+                        url: server.url().to_owned(),
+                        token,
+                    };
+                    let info = cthulu_remote::probe(&node).await.expect("the node answers");
+                    let isolating = info.backends.iter().any(|backend| {
+                        backend.kind == info.default_backend && backend.capabilities.isolation
+                    });
+                    *self.node.lock().unwrap() = Some(server);
+                    (Arc::new(NodeDirectory::new([node])), isolating)
+                })
             })
-            .clone()
+        })
+    }
+
+    fn directory(&self) -> Arc<NodeDirectory> {
+        self.node().0.clone()
     }
 
     fn make_provider(&self) -> Result<Arc<dyn SandboxProvider>, String> {
@@ -84,9 +94,10 @@ impl ConformanceTarget for RemoteTarget {
         self.make_provider()
     }
 
-    /// The isolation is the node's backend's, which its own suite checks.
+    /// The node's default backend's: the isolation scenarios then check that limits and
+    /// network settings pass through the platform to the node.
     fn isolating(&self) -> bool {
-        false
+        self.node().1
     }
 }
 
