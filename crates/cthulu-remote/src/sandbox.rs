@@ -25,6 +25,8 @@ use crate::state::RemoteState;
 use crate::stream::RemoteExecStream;
 use crate::tunnel::TunnelConnector;
 
+/// How long a node has to say how a sandbox is when it is re-attached.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connecting a WebSocket and getting the node's `started`; past this the node is gone.
 const STREAM_START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -113,13 +115,20 @@ impl RemoteSandbox {
         ports::restart_forwarders(self)
     }
 
-    /// Asks the node for the sandbox's status and records it.
+    /// Asks the node for the sandbox's status and records it; a node that accepts the
+    /// connection but does not answer is unreachable after [`REFRESH_TIMEOUT`] (this runs
+    /// while a restarted server re-attaches, before it serves).
     pub(crate) async fn refresh(&self) -> Result<(), SandboxError> {
-        let sandbox = self
-            .client
-            .get_sandbox(&self.node_sandbox_id)
-            .await
-            .map_err(|error| self.call.error("get", error))?;
+        let sandbox = tokio::time::timeout(
+            REFRESH_TIMEOUT,
+            self.client.get_sandbox(&self.node_sandbox_id),
+        )
+        .await
+        .map_err(|_| {
+            self.call
+                .unreachable(format!("no answer within {REFRESH_TIMEOUT:?}"))
+        })?
+        .map_err(|error| self.call.error("get", error))?;
         self.set_status(sandbox.status);
         Ok(())
     }
