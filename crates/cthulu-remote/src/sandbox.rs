@@ -25,6 +25,13 @@ use crate::state::RemoteState;
 use crate::stream::RemoteExecStream;
 use crate::tunnel::TunnelConnector;
 
+/// How long a node has to answer a call that does little work (lists, signals, stop,
+/// resume, destroy, a download's headers).
+const CALL_LIMIT: Duration = Duration::from_secs(60);
+/// How long a node has to take or restore a checkpoint.
+const CHECKPOINT_LIMIT: Duration = Duration::from_secs(600);
+/// What an exec may take beyond its own timeout before the node is taken as hung.
+const EXEC_MARGIN: Duration = Duration::from_secs(60);
 /// How long a node has to say how a sandbox is when it is re-attached.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connecting a WebSocket and getting the node's `started`; past this the node is gone.
@@ -133,6 +140,22 @@ impl RemoteSandbox {
         Ok(())
     }
 
+    /// Runs a call to the node, giving up after `limit`: a node that accepted the
+    /// connection and went silent must not hold the caller forever.
+    async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        limit: Duration,
+        call: impl std::future::Future<Output = Result<T, cthulu_client::ClientError>>,
+    ) -> Result<T, SandboxError> {
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => result.map_err(|error| self.call.error(operation, error)),
+            Err(_) => Err(self
+                .call
+                .unreachable(format!("no answer to {operation} within {limit:?}"))),
+        }
+    }
+
     async fn start_stream(
         &self,
         started: impl std::future::Future<
@@ -207,11 +230,23 @@ impl SandboxHandle for RemoteSandbox {
     async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput, SandboxError> {
         self.check(Operation::Exec)?;
         let program = spec.program();
-        let response = self
-            .client
-            .exec(&self.node_sandbox_id, &exec_request(&spec))
-            .await
-            .map_err(|error| self.call.error_running("exec", Some(&program), error))?;
+        let limit = spec.timeout.saturating_add(EXEC_MARGIN);
+        let response = match tokio::time::timeout(
+            limit,
+            self.client
+                .exec(&self.node_sandbox_id, &exec_request(&spec)),
+        )
+        .await
+        {
+            Ok(response) => {
+                response.map_err(|error| self.call.error_running("exec", Some(&program), error))?
+            }
+            Err(_) => {
+                return Err(self
+                    .call
+                    .unreachable(format!("no answer to exec within {limit:?}")))
+            }
+        };
         let (stdout, stderr) = response.decode_output().map_err(|error| {
             self.call
                 .protocol(format!("exec output is not base64: {error}"))
@@ -244,10 +279,12 @@ impl SandboxHandle for RemoteSandbox {
     async fn list_processes(&self) -> Result<Vec<ProcessInfo>, SandboxError> {
         self.check(Operation::Exec)?;
         let list = self
-            .client
-            .processes(&self.node_sandbox_id)
-            .await
-            .map_err(|error| self.call.error("list_processes", error))?;
+            .bounded(
+                "list_processes",
+                CALL_LIMIT,
+                self.client.processes(&self.node_sandbox_id),
+            )
+            .await?;
         Ok(list.processes)
     }
 
@@ -263,10 +300,13 @@ impl SandboxHandle for RemoteSandbox {
 
     async fn signal_process(&self, process_id: &str, signal: Signal) -> Result<(), SandboxError> {
         self.check(Operation::Exec)?;
-        self.client
-            .signal_process(&self.node_sandbox_id, process_id, signal)
-            .await
-            .map_err(|error| self.call.error("signal_process", error))
+        self.bounded(
+            "signal_process",
+            CALL_LIMIT,
+            self.client
+                .signal_process(&self.node_sandbox_id, process_id, signal),
+        )
+        .await
     }
 
     async fn put_file(
@@ -292,10 +332,12 @@ impl SandboxHandle for RemoteSandbox {
     async fn get_file(&self, path: &str) -> Result<FileDownload, SandboxError> {
         self.check(Operation::Files)?;
         let download = self
-            .client
-            .get_file(&self.node_sandbox_id, path)
-            .await
-            .map_err(|error| self.call.error("get_file", error))?;
+            .bounded(
+                "get_file",
+                CALL_LIMIT,
+                self.client.get_file(&self.node_sandbox_id, path),
+            )
+            .await?;
         let size = download
             .size
             .ok_or_else(|| self.call.protocol("a download without Content-Length"))?;
@@ -310,19 +352,24 @@ impl SandboxHandle for RemoteSandbox {
     async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>, SandboxError> {
         self.check(Operation::Files)?;
         let listing = self
-            .client
-            .read_dir(&self.node_sandbox_id, path)
-            .await
-            .map_err(|error| self.call.error("read_dir", error))?;
+            .bounded(
+                "read_dir",
+                CALL_LIMIT,
+                self.client.read_dir(&self.node_sandbox_id, path),
+            )
+            .await?;
         Ok(listing.entries)
     }
 
     async fn remove(&self, path: &str, recursive: bool) -> Result<(), SandboxError> {
         self.check(Operation::Files)?;
-        self.client
-            .remove_file(&self.node_sandbox_id, path, recursive)
-            .await
-            .map_err(|error| self.call.error("remove", error))
+        self.bounded(
+            "remove",
+            CALL_LIMIT,
+            self.client
+                .remove_file(&self.node_sandbox_id, path, recursive),
+        )
+        .await
     }
 
     async fn expose_port(&self, port: u16) -> Result<ExposedPort, SandboxError> {
@@ -358,48 +405,61 @@ impl SandboxHandle for RemoteSandbox {
 
     async fn checkpoint(&self, request: CheckpointRequest) -> Result<Checkpoint, SandboxError> {
         self.check(Operation::Checkpoint)?;
-        self.client
-            .create_checkpoint(&self.node_sandbox_id, &request)
-            .await
-            .map_err(|error| self.call.error("checkpoint", error))
+        self.bounded(
+            "checkpoint",
+            CHECKPOINT_LIMIT,
+            self.client
+                .create_checkpoint(&self.node_sandbox_id, &request),
+        )
+        .await
     }
 
     async fn list_checkpoints(&self) -> Result<Vec<Checkpoint>, SandboxError> {
         self.status().check_exists()?;
         let list = self
-            .client
-            .checkpoints(&self.node_sandbox_id)
-            .await
-            .map_err(|error| self.call.error("list_checkpoints", error))?;
+            .bounded(
+                "list_checkpoints",
+                CALL_LIMIT,
+                self.client.checkpoints(&self.node_sandbox_id),
+            )
+            .await?;
         Ok(list.checkpoints)
     }
 
     async fn restore(&self, checkpoint: &str) -> Result<(), SandboxError> {
         self.check(Operation::Restore)?;
         let sandbox = self
-            .client
-            .restore_checkpoint(&self.node_sandbox_id, checkpoint)
-            .await
-            .map_err(|error| self.call.error("restore", error))?;
+            .bounded(
+                "restore",
+                CHECKPOINT_LIMIT,
+                self.client
+                    .restore_checkpoint(&self.node_sandbox_id, checkpoint),
+            )
+            .await?;
         self.set_status(sandbox.status);
         Ok(())
     }
 
     async fn delete_checkpoint(&self, checkpoint: &str) -> Result<(), SandboxError> {
         self.status().check_exists()?;
-        self.client
-            .delete_checkpoint(&self.node_sandbox_id, checkpoint)
-            .await
-            .map_err(|error| self.call.error("delete_checkpoint", error))
+        self.bounded(
+            "delete_checkpoint",
+            CALL_LIMIT,
+            self.client
+                .delete_checkpoint(&self.node_sandbox_id, checkpoint),
+        )
+        .await
     }
 
     async fn stop(&self) -> Result<(), SandboxError> {
         self.check(Operation::Stop)?;
         let sandbox = self
-            .client
-            .stop_sandbox(&self.node_sandbox_id)
-            .await
-            .map_err(|error| self.call.error("stop", error))?;
+            .bounded(
+                "stop",
+                CALL_LIMIT,
+                self.client.stop_sandbox(&self.node_sandbox_id),
+            )
+            .await?;
         self.set_status(sandbox.status);
         Ok(())
     }
@@ -407,10 +467,12 @@ impl SandboxHandle for RemoteSandbox {
     async fn resume(&self) -> Result<(), SandboxError> {
         self.check(Operation::Resume)?;
         let sandbox = self
-            .client
-            .resume_sandbox(&self.node_sandbox_id)
-            .await
-            .map_err(|error| self.call.error("resume", error))?;
+            .bounded(
+                "resume",
+                CALL_LIMIT,
+                self.client.resume_sandbox(&self.node_sandbox_id),
+            )
+            .await?;
         self.set_status(sandbox.status);
         Ok(())
     }
@@ -419,11 +481,18 @@ impl SandboxHandle for RemoteSandbox {
         if self.status() == SandboxStatus::Destroyed {
             return Ok(());
         }
-        match self.client.delete_sandbox(&self.node_sandbox_id).await {
+        match self
+            .bounded(
+                "destroy",
+                CALL_LIMIT,
+                self.client.delete_sandbox(&self.node_sandbox_id),
+            )
+            .await
+        {
             Ok(()) => {}
             // Gone on the node already: nothing is left there.
-            Err(error) if error.code() == Some(cthulu_types::ErrorCode::SandboxNotFound) => {}
-            Err(error) => return Err(self.call.error("destroy", error)),
+            Err(SandboxError::SandboxNotFound { .. }) => {}
+            Err(error) => return Err(error),
         }
         {
             let mut inner = self.lock();
