@@ -114,21 +114,24 @@ pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
     }
 }
 
-/// Loads a kernel module from its file (`MODULE_INIT_COMPRESSED_FILE` for `.ko.xz` and
-/// the like, which the kernel decompresses itself when built to).
-pub fn finit_module(module: &OwnedFd, compressed: bool) -> io::Result<()> {
+/// Loads a kernel module from its file with `parameters` (`name=value`, space-separated;
+/// `MODULE_INIT_COMPRESSED_FILE` for `.ko.xz` and the like, which the kernel decompresses
+/// itself when built to).
+pub fn finit_module(module: &OwnedFd, parameters: &str, compressed: bool) -> io::Result<()> {
     const MODULE_INIT_COMPRESSED_FILE: libc::c_int = 4;
     let flags = if compressed {
         MODULE_INIT_COMPRESSED_FILE
     } else {
         0
     };
-    // SAFETY: the parameters string is a valid NUL-terminated empty string.
+    let parameters = std::ffi::CString::new(parameters)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in module parameters"))?;
+    // SAFETY: `parameters` is a valid NUL-terminated string that outlives the call.
     let result = unsafe {
         libc::syscall(
             libc::SYS_finit_module,
             module.as_raw_fd(),
-            c"".as_ptr(),
+            parameters.as_ptr(),
             flags,
         )
     };

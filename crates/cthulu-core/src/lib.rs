@@ -20,7 +20,9 @@ pub mod spec;
 pub use error::SandboxError;
 pub use output::CappedBuffer;
 pub use path::workspace_relative;
-pub use provider::{ByteReader, Duplex, ExecStream, FileDownload, SandboxHandle, SandboxProvider};
+pub use provider::{
+    ByteReader, Duplex, ExecStream, FileDownload, HostWorkspace, SandboxHandle, SandboxProvider,
+};
 pub use spec::{
     ExecEvent, ExecOutput, ExecSpec, ExitInfo, PutOptions, SandboxSpec, UNLIMITED_TIMEOUT,
 };

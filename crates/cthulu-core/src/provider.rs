@@ -58,6 +58,15 @@ pub trait SandboxProvider: Send + Sync + 'static {
     async fn shutdown(&self) {}
 }
 
+/// A sandbox's workspace seen from the host: its directory, and who must own what is
+/// written into it (the sandbox's root outside its user namespace), if not the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostWorkspace {
+    pub path: std::path::PathBuf,
+    /// `(uid, gid)` new entries must get.
+    pub owner: Option<(u32, u32)>,
+}
+
 /// One sandbox. Every operation checks the status first and answers
 /// [`SandboxError::InvalidState`] when it is not allowed; an operation the backend cannot
 /// do answers [`SandboxError::Unsupported`].
@@ -67,6 +76,14 @@ pub trait SandboxHandle: Send + Sync + 'static {
     fn kind(&self) -> BackendKind;
     fn capabilities(&self) -> Capabilities;
     fn status(&self) -> SandboxStatus;
+
+    /// The sandbox's workspace as a directory on this host, for backends that have one
+    /// (host, namespace): bulk copies in and out (agent runs) then go through the
+    /// filesystem rather than a command's pipes. `None` where the workspace lives
+    /// elsewhere (a VM, a remote node).
+    fn host_workspace(&self) -> Option<HostWorkspace> {
+        None
+    }
 
     /// Runs a command to completion.
     async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput, SandboxError>;

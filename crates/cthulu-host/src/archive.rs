@@ -121,17 +121,7 @@ pub fn write_archive(
             BufWriter::with_capacity(IO_BUFFER, file),
             Compression::fast(),
         );
-        let mut builder = tar::Builder::new(encoder);
-        for tree in trees {
-            let root = rustix::fs::open(
-                tree.path,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|errno| at_entry(tree.path, errno))?;
-            append_tree(&mut builder, root, Path::new(tree.name), options)?;
-        }
-        let mut writer = builder.into_inner()?.finish()?;
+        let mut writer = write_tar(trees, encoder, options)?.finish()?;
         writer.flush()?;
         let file = writer.into_inner().map_err(|error| error.into_error())?;
         file.sync_all()?;
@@ -143,6 +133,26 @@ pub fn write_archive(
         let _ = std::fs::remove_file(&temporary);
     }
     result
+}
+
+/// Writes an uncompressed tar of `trees` to `writer` and returns it: the body of
+/// [`write_archive`], and how a workspace is read from the host side (agent runs).
+pub fn write_tar<W: Write>(
+    trees: &[Tree<'_>],
+    writer: W,
+    options: ArchiveOptions,
+) -> io::Result<W> {
+    let mut builder = tar::Builder::new(writer);
+    for tree in trees {
+        let root = rustix::fs::open(
+            tree.path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| at_entry(tree.path, errno))?;
+        append_tree(&mut builder, root, Path::new(tree.name), options)?;
+    }
+    builder.into_inner()
 }
 
 /// The overlay attributes of an open file or directory, as PAX records.
@@ -359,6 +369,23 @@ pub fn restore_archive(
     options: RestoreOptions,
 ) -> io::Result<()> {
     let file = fs_err::File::open(archive)?;
+    unpack_tar(
+        trees,
+        GzDecoder::new(BufReader::with_capacity(IO_BUFFER, file)),
+        options,
+        true,
+    )
+}
+
+/// Unpacks the uncompressed tar `reader` into `trees` (emptied first with `empty`), with
+/// the same guarantees as [`restore_archive`]: no entry lands outside its tree whatever
+/// the archive holds. How an agent run's input reaches a host-side workspace.
+pub fn unpack_tar(
+    trees: &[Tree<'_>],
+    reader: impl Read,
+    options: RestoreOptions,
+    empty: bool,
+) -> io::Result<()> {
     let mut roots = Vec::new();
     for tree in trees {
         let parent = tree.path.parent().unwrap_or(Path::new("/"));
@@ -374,7 +401,9 @@ pub fn restore_archive(
             Mode::empty(),
         )
         .map_err(|errno| at_entry(parent, errno))?;
-        empty_dir_at(&parent, name).map_err(|errno| at_entry(tree.path, errno))?;
+        if empty {
+            empty_dir_at(&parent, name).map_err(|errno| at_entry(tree.path, errno))?;
+        }
         let root = rustix::fs::openat(
             &parent,
             name,
@@ -384,7 +413,7 @@ pub fn restore_archive(
         .map_err(|errno| at_entry(tree.path, errno))?;
         roots.push((*tree, root));
     }
-    let mut tar = tar::Archive::new(GzDecoder::new(BufReader::with_capacity(IO_BUFFER, file)));
+    let mut tar = tar::Archive::new(reader);
     // Directory modes are applied last, deepest first, so a read-only directory does not
     // stop its own entries from being created.
     let mut directory_modes: Vec<(&OwnedFd, PathBuf, u32)> = Vec::new();
@@ -398,8 +427,20 @@ pub fn restore_archive(
         let (Some(parent_relative), Some(name)) = (relative.parent(), relative.file_name()) else {
             continue;
         };
-        let parent = open_or_create_dir_beneath(root, parent_relative, 0o755, None)
-            .map_err(|errno| at_entry(&path, errno))?;
+        let parent =
+            open_or_create_dir_beneath(root, parent_relative, 0o755, None).map_err(|errno| {
+                match errno {
+                    // RESOLVE_BENEATH's answer to a symlink or `..` leading out.
+                    Errno::XDEV => io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!(
+                            "{}: its directory leads outside the tree (a symlink or `..`)",
+                            path.display()
+                        ),
+                    ),
+                    errno => at_entry(&path, errno),
+                }
+            })?;
         let xattrs = if options.overlay {
             overlay_records(&mut entry)?
         } else {

@@ -69,6 +69,14 @@ impl Workspace {
         &self.path
     }
 
+    /// The workspace as the sandbox contract describes it to callers.
+    pub fn host_workspace(&self) -> cthulu_core::HostWorkspace {
+        cthulu_core::HostWorkspace {
+            path: self.path.clone(),
+            owner: self.owner.map(|owner| (owner.uid, owner.gid)),
+        }
+    }
+
     /// `user_path` relative to the workspace (`""` for the workspace itself). Accepts what
     /// [`workspace_relative`] accepts, and also the workspace's real absolute path, which is
     /// what programs in a host sandbox see as `$HOME`.

@@ -25,6 +25,15 @@ pub const RECEIVE_WINDOW: u32 = 1024 * 1024;
 /// Bytes of one stream that may wait for the guest's credit before its sender waits.
 pub const SEND_QUEUE_LIMIT: usize = 256 * 1024;
 
+/// How often a connection with open streams makes sure the agent still answers. The
+/// virtio-serial socket stays open when the agent's server dies (QEMU keeps it), so
+/// silence is the only sign: a probe (a process list) goes out after this much of it.
+const HEARTBEAT_PERIOD: Duration = Duration::from_secs(5);
+/// How long the agent may leave a probe unanswered, hearing nothing else from it either,
+/// before the connection counts as dead and its streams end (generous: a loaded TCG guest
+/// is slow, never this slow).
+const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(20);
+
 /// Why talking to the agent failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
@@ -92,6 +101,10 @@ enum Command {
     Forget {
         stream_id: StreamId,
     },
+    /// Stop probing (the VM is paused: silence is expected) or start again.
+    Heartbeat {
+        enabled: bool,
+    },
 }
 
 /// One connection to a guest agent. Cloning gives another handle to the same connection.
@@ -153,14 +166,18 @@ impl GuestClient {
         .map_err(|_| ClientError::HandshakeTimeout(timeout))??;
 
         let (frames_tx, frames_rx) = mpsc::unbounded_channel();
-        tokio::spawn(read_frames(reader, decoder, frames_tx));
+        let reader = tokio::spawn(read_frames(reader, decoder, frames_tx));
         let (commands, commands_rx) = mpsc::unbounded_channel();
         tokio::spawn(
             Driver {
                 mux,
                 writer,
+                reader,
                 streams: HashMap::new(),
                 waiting_senders: Vec::new(),
+                last_heard: tokio::time::Instant::now(),
+                probe: None,
+                heartbeat: true,
             }
             .run(commands_rx, frames_rx),
         );
@@ -173,6 +190,12 @@ impl GuestClient {
     /// What the handshake agreed on.
     pub fn negotiated(&self) -> &Negotiated {
         &self.negotiated
+    }
+
+    /// Turns the liveness probes off while the VM is paused (it cannot answer) and on
+    /// again when it runs.
+    pub fn set_heartbeat(&self, enabled: bool) {
+        let _ = self.commands.send(Command::Heartbeat { enabled });
     }
 
     /// Whether the connection is gone.
@@ -386,9 +409,18 @@ async fn read_frames(
 struct Driver {
     mux: Mux,
     writer: OwnedWriteHalf,
+    /// The task reading the socket: aborted when the driver ends, so the socket closes and
+    /// QEMU accepts the next connection.
+    reader: tokio::task::JoinHandle<()>,
     streams: HashMap<StreamId, mpsc::UnboundedSender<StreamEvent>>,
     /// Senders waiting for their stream's queue to drain.
     waiting_senders: Vec<(StreamId, oneshot::Sender<Result<(), String>>)>,
+    /// When the agent last sent anything.
+    last_heard: tokio::time::Instant,
+    /// The liveness probe in flight, and when it went out.
+    probe: Option<(StreamId, tokio::time::Instant)>,
+    /// Whether probes are sent (not while the VM is paused).
+    heartbeat: bool,
 }
 
 impl Driver {
@@ -397,8 +429,15 @@ impl Driver {
         mut commands: mpsc::UnboundedReceiver<Command>,
         mut frames: mpsc::UnboundedReceiver<Result<Frame, String>>,
     ) {
+        let mut ticker = tokio::time::interval(HEARTBEAT_PERIOD);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let why = loop {
             tokio::select! {
+                _ = ticker.tick() => {
+                    if let Err(why) = self.check_heartbeat() {
+                        break why;
+                    }
+                }
                 frame = frames.recv() => match frame {
                     Some(Ok(frame)) => {
                         if let Err(error) = self.receive(frame) {
@@ -425,6 +464,7 @@ impl Driver {
         for (_, done) in self.waiting_senders.drain(..) {
             let _ = done.send(Err(why.clone()));
         }
+        self.reader.abort();
         // Later commands find the channel closed.
         commands.close();
         while let Some(command) = commands.recv().await {
@@ -440,10 +480,54 @@ impl Driver {
         }
     }
 
+    /// Sends a probe after a quiet period with streams open; fails when the last probe
+    /// has gone unanswered, and nothing else was heard, for [`HEARTBEAT_DEADLINE`].
+    fn check_heartbeat(&mut self) -> Result<(), String> {
+        if !self.heartbeat || self.streams.is_empty() {
+            self.probe = None;
+            return Ok(());
+        }
+        let now = tokio::time::Instant::now();
+        match self.probe {
+            Some((_, sent))
+                if self.last_heard <= sent && now.duration_since(sent) >= HEARTBEAT_DEADLINE =>
+            {
+                return Err(format!(
+                    "the guest agent has not answered for {} s (it died or hangs)",
+                    HEARTBEAT_DEADLINE.as_secs()
+                ));
+            }
+            // A probe is out and unanswered, not for long yet: wait.
+            Some((_, sent)) if self.last_heard <= sent => {}
+            _ if now.duration_since(self.last_heard) >= HEARTBEAT_PERIOD => {
+                let stream_id = self
+                    .mux
+                    .open(Request::ProcessList)
+                    .map_err(|error| format!("probing the agent: {error}"))?;
+                let _ = self.mux.close(stream_id);
+                self.probe = Some((stream_id, now));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn receive(&mut self, frame: Frame) -> Result<(), MuxError> {
+        self.last_heard = tokio::time::Instant::now();
         let Some(event) = self.mux.receive(frame)? else {
             return Ok(());
         };
+        if let Some((probe, _)) = self.probe {
+            match &event {
+                Event::Closed { stream_id } | Event::Reset { stream_id, .. }
+                    if *stream_id == probe =>
+                {
+                    self.probe = None;
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
         match event {
             Event::Ready(_) | Event::Credit { .. } => {}
             Event::Opened { stream_id, .. } => {
@@ -531,6 +615,11 @@ impl Driver {
             }
             Command::Grant { stream_id, bytes } => {
                 let _ = self.mux.grant(stream_id, bytes);
+            }
+            Command::Heartbeat { enabled } => {
+                self.heartbeat = enabled;
+                self.probe = None;
+                self.last_heard = tokio::time::Instant::now();
             }
         }
     }

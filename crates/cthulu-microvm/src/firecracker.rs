@@ -304,6 +304,137 @@ pub async fn connect_vsock(uds: &Path, port: u32) -> std::io::Result<UnixStream>
     Ok(stream)
 }
 
+/// File names inside a Firecracker VM's directory (its working directory: the paths the
+/// VM is configured with are relative, so a snapshot taken in a template's directory
+/// restores in a clone's, each binding its own vsock socket).
+pub const API_SOCKET: &str = "firecracker.sock";
+pub const VSOCK_SOCKET: &str = "vsock.sock";
+pub const PID_FILE: &str = "firecracker.pid";
+/// What a finished template's directory does not keep.
+pub const SCRATCH_FILES: [&str; 3] = [API_SOCKET, VSOCK_SOCKET, PID_FILE];
+/// The memory file a snapshot writes next to its state file.
+pub const MEMORY_FILE: &str = "memory";
+
+/// How this machine runs Firecracker, found once at start.
+#[derive(Debug, Clone)]
+pub struct Firecracker {
+    pub binary: PathBuf,
+}
+
+impl Firecracker {
+    /// Finds `firecracker` (or takes `binary`) and checks that hardware KVM is there: it
+    /// has no software CPU. `Err` says why it cannot run here.
+    pub fn detect(binary: Option<&Path>) -> Result<Firecracker, String> {
+        let binary = match binary {
+            Some(binary) => binary.to_path_buf(),
+            None => find_binary()?,
+        };
+        let (accel, reason) = crate::qemu::choose_accel();
+        if accel != crate::qemu::Accel::Kvm {
+            return Err(format!(
+                "Firecracker runs only on hardware KVM, and here {reason} (use --backend qemu)"
+            ));
+        }
+        Ok(Firecracker { binary })
+    }
+
+    /// Starts a Firecracker process serving its API in `dir` (also its working directory;
+    /// its output, the guest's serial console, goes to the console log) and returns its
+    /// pid once the API socket exists. The process is in a session of its own, so it
+    /// outlives the server like a daemonized QEMU.
+    pub async fn launch(&self, dir: &Path) -> Result<u32, String> {
+        let console = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(crate::qemu::CONSOLE_LOG))
+            .map_err(|error| format!("opening the console log in {}: {error}", dir.display()))?;
+        let errors = console
+            .try_clone()
+            .map_err(|error| format!("duplicating the console log: {error}"))?;
+        let mut command = std::process::Command::new(&self.binary);
+        command
+            .args(launch_args(dir))
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(console)
+            .stderr(errors)
+            .process_group(0);
+        let mut child = command
+            .spawn()
+            .map_err(|error| format!("running {}: {error}", self.binary.display()))?;
+        let pid = child.id();
+        // Reaped here while this server runs; a later server finds it by its pid file.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        std::fs::write(dir.join(PID_FILE), format!("{pid}\n"))
+            .map_err(|error| format!("writing the pid file in {}: {error}", dir.display()))?;
+        let socket = dir.join(API_SOCKET);
+        for _ in 0..500 {
+            if socket.exists() {
+                return Ok(pid);
+            }
+            if !crate::qemu::is_running(pid, dir) {
+                return Err(format!(
+                    "Firecracker exited at start: {}",
+                    crate::qemu::console_tail(dir, 10)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err("Firecracker did not open its API socket within 5 s".into())
+    }
+}
+
+use std::os::unix::process::CommandExt;
+
+/// The command line of a Firecracker serving its API in `dir`.
+pub fn launch_args(dir: &Path) -> Vec<String> {
+    vec![
+        "--api-sock".into(),
+        dir.join(API_SOCKET).display().to_string(),
+        "--id".into(),
+        dir.file_name()
+            .map(|name| {
+                name.to_string_lossy()
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .take(60)
+                    .collect()
+            })
+            .filter(|id: &String| !id.is_empty())
+            .unwrap_or_else(|| "cthulu".into()),
+    ]
+}
+
+/// The Firecracker configuration of a VM booted in its directory: every path relative to
+/// it. `boot_args` is the kernel command line (without the devices: Firecracker adds
+/// `virtio_mmio.device=` words, which the agent passes to the module).
+pub fn machine_in_dir(memory_mib: u32, vcpus: u32, boot_args: String) -> FirecrackerMachine {
+    FirecrackerMachine {
+        kernel: PathBuf::from(crate::template::VMLINUX_FILE),
+        initramfs: PathBuf::from(crate::template::INITRAMFS_FILE),
+        boot_args,
+        memory_mib,
+        vcpus,
+        vsock_uds: PathBuf::from(VSOCK_SOCKET),
+        tap: None,
+    }
+}
+
+/// Connects to the agent through the VM's vsock socket in `dir`, retrying until it
+/// listens or `timeout` passes.
+pub async fn connect_agent(dir: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match connect_vsock(&dir.join(VSOCK_SOCKET), AGENT_VSOCK_PORT).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 /// The `firecracker` binary on PATH, or why there is none.
 pub fn find_binary() -> Result<PathBuf, String> {
     std::env::var_os("PATH")
@@ -367,6 +498,30 @@ mod tests {
             "cthulu0"
         );
         assert_eq!(with_tap.last().unwrap().path, "/actions");
+    }
+
+    #[test]
+    fn a_vm_is_configured_with_paths_relative_to_its_directory() {
+        // A snapshot records the vsock socket's path: relative, it is bound again in each
+        // clone's own directory (Firecracker's working directory).
+        let machine = machine_in_dir(512, 2, "console=ttyS0 cthulu.channel=vsock:1024".into());
+        let requests = boot_requests(&machine);
+        let body = |index: usize| requests[index].body.clone().unwrap();
+        assert_eq!(body(0)["kernel_image_path"], "vmlinux");
+        assert_eq!(body(0)["initrd_path"], "initramfs");
+        assert_eq!(body(2)["uds_path"], "vsock.sock");
+        assert_eq!(body(1)["mem_size_mib"], 512);
+        let args = launch_args(Path::new("/state/sandboxes/k3v0abc"));
+        assert_eq!(
+            args,
+            [
+                "--api-sock",
+                "/state/sandboxes/k3v0abc/firecracker.sock",
+                "--id",
+                "k3v0abc"
+            ]
+        );
+        assert_eq!(launch_args(Path::new("/"))[3], "cthulu");
     }
 
     #[test]

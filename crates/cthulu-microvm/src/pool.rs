@@ -16,11 +16,11 @@ use cthulu_core::ExecSpec;
 
 use crate::client::GuestClient;
 use crate::provider::{ImageResolver, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
-use crate::qemu::{self, Qemu};
+use crate::qemu;
 use crate::sandbox::{machine_of, prepare_disk};
 use crate::state::VmState;
 use crate::template::{TemplateKey, Templates};
-use crate::vm::{Vm, VmError};
+use crate::vm::{Hypervisor, Vm, VmError};
 
 /// A started clone of the default template, waiting for a sandbox.
 pub(crate) struct Spare {
@@ -31,7 +31,7 @@ pub(crate) struct Spare {
 
 pub(crate) struct Pool {
     target: usize,
-    qemu: Option<Arc<Qemu>>,
+    hypervisor: Option<Arc<Hypervisor>>,
     templates: Arc<Templates>,
     images: ImageResolver,
     /// `<root>/vms`.
@@ -47,14 +47,14 @@ pub(crate) struct Pool {
 impl Pool {
     pub fn new(
         target: usize,
-        qemu: Option<Arc<Qemu>>,
+        hypervisor: Option<Arc<Hypervisor>>,
         templates: Arc<Templates>,
         images: ImageResolver,
         root: &Path,
     ) -> Pool {
         Pool {
             target,
-            qemu,
+            hypervisor,
             templates,
             images,
             vms: root.join("vms"),
@@ -93,7 +93,7 @@ impl Pool {
     /// Starts making spares up to the target, in the background.
     pub fn refill(self: &Arc<Self>) {
         if self.target == 0
-            || self.qemu.is_none()
+            || self.hypervisor.is_none()
             || self.draining.load(Ordering::SeqCst)
             || self.refilling.swap(true, Ordering::SeqCst)
         {
@@ -124,7 +124,7 @@ impl Pool {
     }
 
     async fn make(&self) -> Result<Spare, VmError> {
-        let qemu = self.qemu.as_ref().expect("checked by refill");
+        let hypervisor = self.hypervisor.as_ref().expect("checked by refill");
         let image = (self.images)(None).map_err(VmError::Launch)?;
         let key = TemplateKey {
             image_version: image.version.clone(),
@@ -132,11 +132,11 @@ impl Pool {
             vcpus: DEFAULT_VCPUS,
             network: false,
         };
-        let template = self.templates.get(qemu, &image, &key).await?;
+        let template = self.templates.get(hypervisor, &image, &key).await?;
         let dir = self.vms.join(format!("spare-{}", crate::random_hex(8)));
         fs_err::create_dir_all(&dir)?;
         let made = async {
-            let disk = prepare_disk(qemu, &template.dir, &dir, None).await?;
+            let disk = prepare_disk(hypervisor, &template.dir, &dir, None).await?;
             let machine = machine_of(
                 &dir,
                 &template.dir,
@@ -145,7 +145,9 @@ impl Pool {
                 false,
                 disk,
             );
-            let (vm, _qmp, client) = Vm::resume(qemu, &machine, &template.state).await?;
+            let (vm, _control, client) = hypervisor
+                .resume(&machine, &template.state, &template.ram)
+                .await?;
             // Run what a first create runs, so its code is translated already.
             let mut warm_up = ExecSpec::shell("true");
             warm_up.timeout = std::time::Duration::from_secs(30);

@@ -11,12 +11,13 @@ use cthulu_types::{BackendInfo, BackendKind, LimitSupport, NetworkMode, SandboxI
 
 use cthulu_guest_protocol::message::GuestLimits;
 
+use crate::firecracker::Firecracker;
 use crate::pool::Pool;
 use crate::qemu::{self, Qemu};
 use crate::sandbox::{capabilities, clone_machine, prepare_disk, vm_failure, VmSandbox};
 use crate::state::VmState;
 use crate::template::{GuestImage, TemplateKey, Templates};
-use crate::vm::Vm;
+use crate::vm::Hypervisor;
 
 /// Finds the guest image a create names (`None`: the default one).
 pub type ImageResolver = Arc<dyn Fn(Option<&str>) -> Result<GuestImage, String> + Send + Sync>;
@@ -54,8 +55,11 @@ pub struct QemuConfig {
     pub images: ImageResolver,
 }
 
+/// The microVM backends: `qemu` ([`QemuProvider::new`]) and `firecracker`
+/// ([`QemuProvider::firecracker`]), one provider each, the same sandboxes underneath.
 pub struct QemuProvider {
-    qemu: Result<Arc<Qemu>, String>,
+    kind: BackendKind,
+    hypervisor: Result<Arc<Hypervisor>, String>,
     /// Warm VMs of the default shape (none unless [`QemuProvider::with_warm_vms`]).
     pool: Arc<Pool>,
     root: PathBuf,
@@ -65,25 +69,43 @@ pub struct QemuProvider {
 }
 
 impl QemuProvider {
+    /// The qemu backend: `qemu-system-x86_64 -M microvm`, hardware KVM or TCG.
     pub fn new(config: QemuConfig) -> QemuProvider {
-        let qemu = Qemu::detect(config.binary.as_deref()).map(Arc::new);
-        if let Ok(qemu) = &qemu {
+        let hypervisor = Qemu::detect(config.binary.as_deref()).map(|qemu| {
             tracing::info!(accel = qemu.accel.as_str(), reason = %qemu.accel_reason, "QEMU backend");
-        }
+            Arc::new(Hypervisor::Qemu(qemu))
+        });
+        QemuProvider::with_hypervisor(BackendKind::Qemu, hypervisor, config)
+    }
+
+    /// The firecracker backend: a `firecracker` binary (`config.binary`, else PATH) on
+    /// hardware KVM. Its templates must be kept apart from QEMU's (`config.templates`).
+    pub fn firecracker(config: QemuConfig) -> QemuProvider {
+        let hypervisor = Firecracker::detect(config.binary.as_deref())
+            .map(|firecracker| Arc::new(Hypervisor::Firecracker(firecracker)));
+        QemuProvider::with_hypervisor(BackendKind::Firecracker, hypervisor, config)
+    }
+
+    fn with_hypervisor(
+        kind: BackendKind,
+        hypervisor: Result<Arc<Hypervisor>, String>,
+        config: QemuConfig,
+    ) -> QemuProvider {
         let templates = Arc::new(Templates::new(
             config
                 .templates
                 .unwrap_or_else(|| config.root.join("templates")),
         ));
         QemuProvider {
+            kind,
             pool: Arc::new(Pool::new(
                 0,
-                qemu.clone().ok(),
+                hypervisor.clone().ok(),
                 templates.clone(),
                 config.images.clone(),
                 &config.root,
             )),
-            qemu,
+            hypervisor,
             templates,
             root: config.root,
             images: config.images,
@@ -97,7 +119,7 @@ impl QemuProvider {
     pub fn with_warm_vms(mut self, count: usize) -> QemuProvider {
         self.pool = Arc::new(Pool::new(
             count,
-            self.qemu.clone().ok(),
+            self.hypervisor.clone().ok(),
             self.templates.clone(),
             self.images.clone(),
             &self.root,
@@ -105,6 +127,12 @@ impl QemuProvider {
         if self.unavailable_reason().is_none() {
             self.pool.refill();
         }
+        self
+    }
+
+    /// How long a booting template may take to come up (tests shorten it).
+    pub fn with_boot_timeout(self, timeout: std::time::Duration) -> QemuProvider {
+        self.templates.set_boot_timeout(timeout);
         self
     }
 
@@ -116,11 +144,11 @@ impl QemuProvider {
         self.sandboxes().join(sandbox_id.as_str())
     }
 
-    fn qemu(&self) -> Result<Arc<Qemu>, SandboxError> {
-        self.qemu
+    fn hypervisor(&self) -> Result<Arc<Hypervisor>, SandboxError> {
+        self.hypervisor
             .clone()
             .map_err(|reason| SandboxError::BackendUnavailable {
-                backend: BackendKind::Qemu,
+                backend: self.kind,
                 reason,
             })
     }
@@ -136,7 +164,7 @@ impl QemuProvider {
     }
 
     fn unavailable_reason(&self) -> Option<String> {
-        match &self.qemu {
+        match &self.hypervisor {
             Err(reason) => Some(reason.clone()),
             Ok(_) => (self.images)(None).err(),
         }
@@ -151,7 +179,8 @@ impl QemuProvider {
         let sandbox = VmSandbox::new(
             dir,
             state,
-            self.qemu()?,
+            self.hypervisor()?,
+            self.kind,
             self.templates.root().to_path_buf(),
             agent,
         )
@@ -165,16 +194,25 @@ impl QemuProvider {
         spec: &SandboxSpec,
         dir: &Path,
     ) -> Result<(VmState, crate::client::GuestClient), SandboxError> {
-        let qemu = self.qemu()?;
+        let hypervisor = self.hypervisor()?;
         if let Some(source) = &spec.from_checkpoint {
             return self
-                .make_from_checkpoint(&qemu, sandbox_id, spec, source, dir)
+                .make_from_checkpoint(&hypervisor, sandbox_id, spec, source, dir)
                 .await;
+        }
+        if self.kind == BackendKind::Firecracker && spec.network == NetworkMode::Full {
+            return Err(SandboxError::Unsupported {
+                backend: self.kind,
+                operation: "network",
+                reason: "a Firecracker VM reaches the network through a TAP device, which this \
+                         backend does not set up yet: use --backend qemu for network full"
+                    .into(),
+            });
         }
         let resources = &spec.resources;
         if resources.disk_mb.is_some() {
             return Err(SandboxError::Unsupported {
-                backend: BackendKind::Qemu,
+                backend: self.kind,
                 operation: "limit",
                 reason: "a microVM's disk is its image's: an initramfs image keeps the guest's \
                          files in its RAM (the memory limit bounds them), an image with a root \
@@ -222,7 +260,7 @@ impl QemuProvider {
         let network = spec.network == NetworkMode::Full;
         let image = (self.images)(spec.image.as_deref()).map_err(|reason| {
             SandboxError::BackendUnavailable {
-                backend: BackendKind::Qemu,
+                backend: self.kind,
                 reason,
             }
         })?;
@@ -234,7 +272,7 @@ impl QemuProvider {
         };
         let template = self
             .templates
-            .get(&qemu, &image, &key)
+            .get(&hypervisor, &image, &key)
             .await
             .map_err(vm_failure("make the VM template"))?;
         if template.boot.is_some() {
@@ -270,7 +308,7 @@ impl QemuProvider {
         }
         save(&state, dir)?;
         let client = start_clone(
-            &qemu,
+            &hypervisor,
             dir,
             &template.dir,
             &template.state,
@@ -290,7 +328,7 @@ impl QemuProvider {
     /// request may not ask for another size, network or image than the checkpoint's VM had.
     async fn make_from_checkpoint(
         &self,
-        qemu: &Arc<Qemu>,
+        hypervisor: &Arc<Hypervisor>,
         sandbox_id: &SandboxId,
         spec: &SandboxSpec,
         source: &str,
@@ -381,7 +419,7 @@ impl QemuProvider {
         save(&state, dir)?;
         // The checkpoint's limits come with its memory.
         let client = start_clone(
-            qemu,
+            hypervisor,
             dir,
             &template_dir,
             &vmstate,
@@ -407,7 +445,7 @@ fn save(state: &VmState, dir: &Path) -> Result<(), SandboxError> {
 /// overlay, gives it its identity and `limits`, and records it running.
 #[allow(clippy::too_many_arguments)]
 async fn start_clone(
-    qemu: &Qemu,
+    hypervisor: &Hypervisor,
     dir: &Path,
     template_dir: &Path,
     vmstate: &Path,
@@ -416,11 +454,15 @@ async fn start_clone(
     limits: Option<GuestLimits>,
     operation: &'static str,
 ) -> Result<crate::client::GuestClient, SandboxError> {
-    state.disk = prepare_disk(qemu, template_dir, dir, disk_from)
+    state.disk = prepare_disk(hypervisor, template_dir, dir, disk_from)
         .await
         .map_err(vm_failure(operation))?;
     let machine = clone_machine(dir, template_dir, state);
-    let (vm, _qmp, client) = Vm::resume(qemu, &machine, vmstate)
+    // A template's memory, or a checkpoint's where the VMM wrote its own.
+    let memory =
+        crate::sandbox::checkpoint_memory(vmstate.parent().unwrap_or(template_dir), template_dir);
+    let (vm, _control, client) = hypervisor
+        .resume(&machine, vmstate, &memory)
         .await
         .map_err(vm_failure(operation))?;
     state.pid = vm.pid;
@@ -445,13 +487,16 @@ async fn clean_up(dir: &Path) {
 #[async_trait]
 impl SandboxProvider for QemuProvider {
     fn kind(&self) -> BackendKind {
-        BackendKind::Qemu
+        self.kind
     }
 
     fn info(&self) -> BackendInfo {
         let unavailable_reason = self.unavailable_reason();
-        let accel = match &self.qemu {
-            Ok(qemu) => format!("{} ({})", qemu.accel.as_str(), qemu.accel_reason),
+        let accel = match self.hypervisor.as_deref() {
+            Ok(Hypervisor::Qemu(qemu)) => {
+                format!("{} ({})", qemu.accel.as_str(), qemu.accel_reason)
+            }
+            Ok(Hypervisor::Firecracker(_)) => "kvm".into(),
             Err(_) => "none".into(),
         };
         let limit = |limit: &str, enforced: bool, detail: &str| LimitSupport {
@@ -460,7 +505,7 @@ impl SandboxProvider for QemuProvider {
             detail: detail.into(),
         };
         BackendInfo {
-            kind: BackendKind::Qemu,
+            kind: self.kind,
             available: unavailable_reason.is_none(),
             unavailable_reason,
             capabilities: capabilities(),
@@ -470,8 +515,12 @@ impl SandboxProvider for QemuProvider {
                     true,
                     &format!("the VM's RAM; accelerator: {accel}"),
                 ),
-                limit("cpus", false, "use vcpus: the VM's CPU count"),
-                limit("pids", false, "not enforced inside the VM"),
+                limit(
+                    "cpus",
+                    true,
+                    "cgroup v2 cpu.max inside the guest, up to the VM's vcpus",
+                ),
+                limit("pids", true, "cgroup v2 pids.max inside the guest"),
                 limit(
                     "disk",
                     false,

@@ -138,7 +138,7 @@ pub fn overlay_args(backing: &Path, backing_format: &str, overlay: &Path) -> Vec
     ]
 }
 
-fn choose_accel() -> (Accel, String) {
+pub(crate) fn choose_accel() -> (Accel, String) {
     let kvm = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -212,28 +212,35 @@ pub struct Machine {
 /// The guest's static address under QEMU's user-mode network.
 const GUEST_NET: &str = "10.0.2.15/24,10.0.2.2,10.0.2.3";
 
+/// The kernel command line every microVM gets (QEMU adds its timer option, Firecracker
+/// its devices and the vsock channel).
+pub fn kernel_args(machine: &Machine) -> Vec<String> {
+    let mut args = vec![
+        "console=ttyS0".to_string(),
+        "reboot=t".into(),
+        "panic=-1".into(),
+        "quiet".into(),
+        // The crypto self-tests check the kernel's own algorithm implementations at every
+        // boot: about 0.9 s under TCG here, and no protection for the guest.
+        "cryptomgr.notests".into(),
+    ];
+    if machine.network {
+        args.push(format!("cthulu.net={GUEST_NET}"));
+    }
+    if machine.disk.is_some() {
+        args.push("cthulu.root=/dev/vda".into());
+    }
+    args
+}
+
 impl Qemu {
     /// The command line of `machine`.
     pub fn command_line(&self, machine: &Machine) -> Vec<String> {
         let dir = &machine.dir;
         let path = |name: &str| dir.join(name).display().to_string();
-        let mut append = vec![
-            "console=ttyS0".to_string(),
-            "reboot=t".into(),
-            "panic=-1".into(),
-            "quiet".into(),
-            // The crypto self-tests check the kernel's own algorithm implementations at
-            // every boot: about 0.9 s under TCG here, and no protection for the guest.
-            "cryptomgr.notests".into(),
-        ];
+        let mut append = kernel_args(machine);
         if let Some(khz) = self.tsc_khz {
             append.push(format!("tsc_early_khz={khz}"));
-        }
-        if machine.network {
-            append.push(format!("cthulu.net={GUEST_NET}"));
-        }
-        if machine.disk.is_some() {
-            append.push("cthulu.root=/dev/vda".into());
         }
         let mut args: Vec<String> = vec![
             "-nodefaults".into(),
@@ -343,21 +350,23 @@ impl Qemu {
     }
 }
 
-/// The pid in a VM directory's pid file.
+/// The pid in a VM directory's pid file (QEMU's or Firecracker's).
 pub fn read_pid(dir: &Path) -> Option<u32> {
-    std::fs::read_to_string(dir.join(PID_FILE))
-        .ok()?
+    [PID_FILE, crate::firecracker::PID_FILE]
+        .iter()
+        .find_map(|name| std::fs::read_to_string(dir.join(name)).ok())?
         .trim()
         .parse()
         .ok()
 }
 
-/// Whether `pid` is the QEMU of the VM in `dir` (not a process that reused the pid).
+/// Whether `pid` is the VMM (QEMU or Firecracker) of the VM in `dir`, not a process that
+/// reused the pid: its command line names a socket in `dir`.
 pub fn is_running(pid: u32, dir: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
-    let needle = dir.join(QMP_SOCKET).display().to_string();
+    let needle = format!("{}/", dir.display());
     let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|stat| {
             !stat

@@ -20,11 +20,10 @@ use cthulu_types::{
 
 use crate::client::GuestClient;
 use crate::guest::{self, refusal, GuestExec};
-use crate::qemu::{Machine, Qemu, Ram, DISK_FILE};
-use crate::qmp::Qmp;
+use crate::qemu::{Machine, Ram, DISK_FILE};
 use crate::state::{now_ms, VmState};
 use crate::template::{INITRAMFS_FILE, RAM_FILE as TEMPLATE_RAM};
-use crate::vm::{Vm, VmError, RESTORE_TIMEOUT};
+use crate::vm::{Hypervisor, Monitor, Vm, VmError, RESTORE_TIMEOUT};
 
 const CHECKPOINTS_DIR: &str = "checkpoints";
 const VMSTATE_FILE: &str = "vmstate";
@@ -48,14 +47,16 @@ pub fn capabilities() -> Capabilities {
 pub struct VmSandbox {
     pub(crate) sandbox_id: SandboxId,
     pub(crate) dir: PathBuf,
-    qemu: Arc<Qemu>,
+    hypervisor: Arc<Hypervisor>,
+    /// The backend this sandbox belongs to (qemu or firecracker).
+    kind: BackendKind,
     /// The templates' directory (a memory restore maps the template's RAM file again).
     templates_root: PathBuf,
     state: Mutex<VmState>,
     /// The agent connection, made again when it broke.
     agent: tokio::sync::Mutex<Option<GuestClient>>,
-    /// The QMP session (QEMU serves one at a time).
-    qmp: tokio::sync::Mutex<Option<Qmp>>,
+    /// The control session with the VMM (QEMU serves one QMP client at a time).
+    control: tokio::sync::Mutex<Option<Monitor>>,
     /// Serialises stop, resume, checkpoint, restore and destroy.
     lifecycle: tokio::sync::Mutex<()>,
     forwarders: Mutex<Forwarders>,
@@ -68,19 +69,21 @@ impl VmSandbox {
     pub(crate) fn new(
         dir: PathBuf,
         state: VmState,
-        qemu: Arc<Qemu>,
+        hypervisor: Arc<Hypervisor>,
+        kind: BackendKind,
         templates_root: PathBuf,
         agent: Option<GuestClient>,
     ) -> VmSandbox {
         VmSandbox {
             sandbox_id: state.sandbox_id.clone(),
             dir,
-            qemu,
+            hypervisor,
+            kind,
             templates_root,
             next_process: AtomicU64::new(state.commands.len() as u64 + 1),
             state: Mutex::new(state),
             agent: tokio::sync::Mutex::new(agent),
-            qmp: tokio::sync::Mutex::new(None),
+            control: tokio::sync::Mutex::new(None),
             lifecycle: tokio::sync::Mutex::new(()),
             forwarders: Mutex::new(Forwarders::new()),
             connector: std::sync::OnceLock::new(),
@@ -142,32 +145,46 @@ impl VmSandbox {
             }
             return Err(SandboxError::system(
                 "reach the VM",
-                std::io::Error::other("its QEMU process is gone (the sandbox is lost)"),
+                std::io::Error::other(
+                    "its VM process (QEMU or Firecracker) is gone: the sandbox is lost",
+                ),
             ));
         }
-        let client = vm
-            .connect_agent(RESTORE_TIMEOUT)
+        let client = self
+            .hypervisor
+            .connect_agent(&vm, RESTORE_TIMEOUT)
             .await
             .map_err(vm_failure("connect to the guest agent"))?;
         *agent = Some(client.clone());
         Ok(client)
     }
 
-    /// Runs `command` on the QMP session, connecting (again) when needed.
-    async fn qmp_execute(&self, command: &str) -> Result<(), SandboxError> {
-        let mut qmp = self.qmp.lock().await;
+    /// Pauses (`run == false`) or continues the VM, connecting the control session
+    /// (again) when needed.
+    async fn set_running(&self, run: bool) -> Result<(), SandboxError> {
+        let mut control = self.control.lock().await;
         for attempt in 0..2 {
-            if qmp.is_none() {
-                *qmp = Some(self.vm().qmp().await.map_err(vm_failure("reach QEMU"))?);
+            if control.is_none() {
+                let session = self
+                    .hypervisor
+                    .control(&self.vm())
+                    .await
+                    .map_err(vm_failure("reach the VM's monitor"))?;
+                *control = Some(session);
             }
-            let session = qmp.as_mut().expect("connected above");
-            match session.execute(command, None).await {
-                Ok(_) => return Ok(()),
+            let session = control.as_mut().expect("connected above");
+            let result = if run {
+                self.hypervisor.cont(session).await
+            } else {
+                self.hypervisor.pause(session).await
+            };
+            match result {
+                Ok(()) => return Ok(()),
                 Err(error) if attempt == 0 => {
-                    tracing::debug!(%error, "QMP session broke; connecting again");
-                    *qmp = None;
+                    tracing::debug!(%error, "the control session broke; connecting again");
+                    *control = None;
                 }
-                Err(error) => return Err(vm_failure("control QEMU")(error.into())),
+                Err(error) => return Err(vm_failure("control the VM")(error)),
             }
         }
         unreachable!("the loop returns on its second attempt")
@@ -241,7 +258,7 @@ impl VmSandbox {
     async fn restore_memory(&self, checkpoint_dir: PathBuf) -> Result<(), SandboxError> {
         let old = self.vm();
         *self.agent.lock().await = None;
-        *self.qmp.lock().await = None;
+        *self.control.lock().await = None;
         old.kill().await;
         let state = self.lock().clone();
         if state.disk {
@@ -249,12 +266,18 @@ impl VmSandbox {
             let disk = old.dir.join(DISK_FILE);
             fs_err::copy(&saved, &disk).map_err(|error| SandboxError::io("copy", &saved, error))?;
         }
-        let machine = clone_machine(&old.dir, &self.templates_root.join(&state.template), &state);
-        match Vm::resume(&self.qemu, &machine, &checkpoint_dir.join(VMSTATE_FILE)).await {
-            Ok((vm, qmp, client)) => {
+        let template_dir = self.templates_root.join(&state.template);
+        let machine = clone_machine(&old.dir, &template_dir, &state);
+        let memory = checkpoint_memory(&checkpoint_dir, &template_dir);
+        let resumed = self
+            .hypervisor
+            .resume(&machine, &checkpoint_dir.join(VMSTATE_FILE), &memory)
+            .await;
+        match resumed {
+            Ok((vm, control, client)) => {
                 self.lock().pid = vm.pid;
                 Self::configure(&client, &self.sandbox_id, &state.env, false, None).await?;
-                *self.qmp.lock().await = Some(qmp);
+                *self.control.lock().await = Some(control);
                 *self.agent.lock().await = Some(client);
                 self.set_status(SandboxStatus::Running)
             }
@@ -267,7 +290,7 @@ impl VmSandbox {
 
     pub(crate) async fn kill_vm(&self) {
         *self.agent.lock().await = None;
-        *self.qmp.lock().await = None;
+        *self.control.lock().await = None;
         self.vm().kill().await;
     }
 }
@@ -316,7 +339,7 @@ pub(crate) fn machine_of(
 /// checkpoint's disk, itself an overlay over the template's) or a new empty overlay over
 /// the template's disk. Returns whether the VM has a disk.
 pub(crate) async fn prepare_disk(
-    qemu: &Qemu,
+    hypervisor: &Hypervisor,
     template_dir: &std::path::Path,
     vm_dir: &std::path::Path,
     from: Option<&std::path::Path>,
@@ -330,12 +353,34 @@ pub(crate) async fn prepare_disk(
         Some(from) => {
             fs_err::copy(from, &disk)?;
         }
-        None => qemu
-            .create_overlay(&template_disk, "qcow2", &disk)
-            .await
-            .map_err(VmError::Launch)?,
+        None => match hypervisor {
+            Hypervisor::Qemu(qemu) => qemu
+                .create_overlay(&template_disk, "qcow2", &disk)
+                .await
+                .map_err(VmError::Launch)?,
+            Hypervisor::Firecracker(_) => {
+                return Err(VmError::Launch(
+                    "Firecracker VMs have no copy-on-write root disk".into(),
+                ))
+            }
+        },
     }
     Ok(true)
+}
+
+/// The guest memory a memory checkpoint restores from: its own file where the VMM wrote
+/// one (Firecracker), else the template's (QEMU maps that and reads the rest from the
+/// state).
+pub(crate) fn checkpoint_memory(
+    checkpoint_dir: &std::path::Path,
+    template_dir: &std::path::Path,
+) -> PathBuf {
+    let own = checkpoint_dir.join(crate::firecracker::MEMORY_FILE);
+    if own.is_file() {
+        own
+    } else {
+        template_dir.join(TEMPLATE_RAM)
+    }
 }
 
 pub(crate) fn vm_failure(operation: &'static str) -> impl Fn(VmError) -> SandboxError {
@@ -372,7 +417,7 @@ impl SandboxHandle for VmSandbox {
     }
 
     fn kind(&self) -> BackendKind {
-        BackendKind::Qemu
+        self.kind
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -532,13 +577,25 @@ impl SandboxHandle for VmSandbox {
         let result = async {
             if request.memory {
                 let was_running = self.status() == SandboxStatus::Running;
-                let mut qmp = self.qmp.lock().await;
-                if qmp.is_none() {
-                    *qmp = Some(self.vm().qmp().await.map_err(vm_failure("reach QEMU"))?);
+                let mut control = self.control.lock().await;
+                if control.is_none() {
+                    let session = self
+                        .hypervisor
+                        .control(&self.vm())
+                        .await
+                        .map_err(vm_failure("reach the VM's monitor"))?;
+                    *control = Some(session);
                 }
-                let session = qmp.as_mut().expect("connected above");
+                let session = control.as_mut().expect("connected above");
                 let vm = self.vm();
-                let mut saved = vm.save(session, &dir.join(VMSTATE_FILE)).await;
+                let mut saved = self
+                    .hypervisor
+                    .save(
+                        session,
+                        &dir.join(VMSTATE_FILE),
+                        &dir.join(crate::firecracker::MEMORY_FILE),
+                    )
+                    .await;
                 if saved.is_ok() && self.lock().disk {
                     // The disk as the saved memory knows it: copied while the CPUs are
                     // stopped and QEMU has flushed and released it after the save.
@@ -548,10 +605,10 @@ impl SandboxHandle for VmSandbox {
                         .map_err(VmError::from);
                 }
                 if was_running {
-                    session
-                        .execute("cont", None)
+                    self.hypervisor
+                        .cont(session)
                         .await
-                        .map_err(|error| vm_failure("continue the VM")(error.into()))?;
+                        .map_err(vm_failure("continue the VM"))?;
                 }
                 saved.map_err(vm_failure("save the VM"))?;
             } else {
@@ -653,15 +710,22 @@ impl SandboxHandle for VmSandbox {
     async fn stop(&self) -> Result<(), SandboxError> {
         let _lifecycle = self.lifecycle.lock().await;
         self.check(Operation::Stop)?;
-        self.qmp_execute("stop").await?;
+        // A paused guest cannot answer liveness probes: its streams wait for the resume.
+        if let Some(client) = self.agent.lock().await.as_ref() {
+            client.set_heartbeat(false);
+        }
+        self.set_running(false).await?;
         self.set_status(SandboxStatus::Stopped)
     }
 
     async fn resume(&self) -> Result<(), SandboxError> {
         let _lifecycle = self.lifecycle.lock().await;
         self.check(Operation::Resume)?;
-        self.qmp_execute("cont").await?;
+        self.set_running(true).await?;
         self.set_status(SandboxStatus::Running)?;
+        if let Some(client) = self.agent.lock().await.as_ref() {
+            client.set_heartbeat(true);
+        }
         // The guest's clock stood still while it was stopped.
         if let Ok(client) = self.client().await {
             let env = self.lock().env.clone();

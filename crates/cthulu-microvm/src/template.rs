@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::qemu::{Machine, Qemu, Ram};
-use crate::vm::{Vm, VmError, BOOT_TIMEOUT};
+use crate::qemu::{Machine, Ram};
+use crate::vm::{Hypervisor, VmError, BOOT_TIMEOUT};
 
 /// A guest image: its version id and the files QEMU boots.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +78,8 @@ pub use crate::qemu::DISK_FILE;
 pub struct Templates {
     root: PathBuf,
     building: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// How long a booting template's agent may take to say hello, in milliseconds.
+    boot_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Templates {
@@ -85,7 +87,24 @@ impl Templates {
         Templates {
             root,
             building: Mutex::new(HashMap::new()),
+            boot_timeout_ms: std::sync::atomic::AtomicU64::new(BOOT_TIMEOUT.as_millis() as u64),
         }
+    }
+
+    /// How long a booting guest may take to say hello before the boot counts as failed
+    /// (default [`BOOT_TIMEOUT`]).
+    pub fn set_boot_timeout(&self, timeout: std::time::Duration) {
+        self.boot_timeout_ms.store(
+            timeout.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn boot_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.boot_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     pub fn root(&self) -> &Path {
@@ -95,7 +114,7 @@ impl Templates {
     /// The template of `key`, made first if there is none.
     pub async fn get(
         &self,
-        qemu: &Qemu,
+        hypervisor: &Hypervisor,
         image: &GuestImage,
         key: &TemplateKey,
     ) -> Result<Template, VmError> {
@@ -129,7 +148,7 @@ impl Templates {
             return Ok(template);
         }
         let started = std::time::Instant::now();
-        let boot = self.make(qemu, image, key, &dir).await?;
+        let boot = self.make(hypervisor, image, key, &dir).await?;
         tracing::info!(template = %name, boot_ms = boot.as_millis() as u64, total_ms = started.elapsed().as_millis() as u64, "made a VM template");
         let mut template = existing().ok_or_else(|| {
             VmError::Launch(format!(
@@ -144,7 +163,7 @@ impl Templates {
     /// into place. Returns the boot time (start to agent hello).
     async fn make(
         &self,
-        qemu: &Qemu,
+        hypervisor: &Hypervisor,
         image: &GuestImage,
         key: &TemplateKey,
         dir: &Path,
@@ -161,8 +180,9 @@ impl Templates {
                 link_or_copy(vmlinux, &scratch.join(VMLINUX_FILE))?;
             }
             fs_err::copy(&image.initramfs, scratch.join(INITRAMFS_FILE))?;
-            let disk = match &image.rootfs {
-                Some(rootfs) => {
+            let disk = match (&image.rootfs, hypervisor) {
+                (None, _) => None,
+                (Some(rootfs), Hypervisor::Qemu(qemu)) => {
                     link_or_copy(rootfs, &scratch.join(ROOTFS_FILE))?;
                     // Relative: the overlay follows the directory when it is renamed.
                     qemu.create_overlay(Path::new(ROOTFS_FILE), "raw", &scratch.join(DISK_FILE))
@@ -170,8 +190,22 @@ impl Templates {
                         .map_err(VmError::Launch)?;
                     Some(scratch.join(DISK_FILE))
                 }
-                None => None,
+                (Some(_), Hypervisor::Firecracker(_)) => {
+                    return Err(VmError::Launch(
+                        "Firecracker reads only raw disks, and the copy-on-write root disks of \
+                         this backend are qcow2 overlays: use an image without --rootfs, or \
+                         --backend qemu"
+                            .into(),
+                    ))
+                }
             };
+            if matches!(hypervisor, Hypervisor::Firecracker(_)) && image.vmlinux.is_none() {
+                return Err(VmError::Launch(format!(
+                    "image {} has no uncompressed kernel (vmlinux), the only kind Firecracker \
+                     boots: rebuild it with `cthulu image build`",
+                    image.name
+                )));
+            }
             let machine = Machine {
                 dir: scratch.clone(),
                 memory_mib: key.memory_mib,
@@ -184,15 +218,21 @@ impl Templates {
                 incoming: false,
             };
             let started = std::time::Instant::now();
-            let vm = Vm::launch(qemu, &machine).await?;
+            let vm = hypervisor.launch(&machine).await?;
             let outcome = async {
                 // The connection stays open through the save: the restored agent then
                 // reads the next host's hello at once.
-                let _agent = vm.connect_agent(BOOT_TIMEOUT).await?;
+                let _agent = hypervisor.connect_agent(&vm, self.boot_timeout()).await?;
                 let boot = started.elapsed();
-                let mut qmp = vm.qmp().await?;
-                vm.save(&mut qmp, &scratch.join(STATE_FILE)).await?;
-                let _ = qmp.execute("quit", None).await;
+                let mut control = hypervisor.control(&vm).await?;
+                hypervisor
+                    .save(
+                        &mut control,
+                        &scratch.join(STATE_FILE),
+                        &scratch.join(RAM_FILE),
+                    )
+                    .await?;
+                hypervisor.quit(&mut control).await;
                 Ok::<_, VmError>(boot)
             }
             .await;
@@ -212,7 +252,10 @@ impl Templates {
                     permissions.set_readonly(true);
                     fs_err::set_permissions(&path, permissions)?;
                 }
-                for name in crate::qemu::SCRATCH_FILES {
+                for name in crate::qemu::SCRATCH_FILES
+                    .into_iter()
+                    .chain(crate::firecracker::SCRATCH_FILES)
+                {
                     let _ = fs_err::remove_file(scratch.join(name));
                 }
                 if let Err(error) = fs_err::rename(&scratch, dir) {

@@ -1,6 +1,7 @@
-//! One running VM: its QEMU process, its control socket and its agent connection, and
-//! the steps every lifecycle operation is made of — boot, save to a state file, restore
-//! from one, kill.
+//! One running VM and the hypervisor that runs it: QEMU (driven over QMP) or Firecracker
+//! (driven over its REST API). [`Hypervisor`] holds the steps every lifecycle operation is
+//! made of — launch, save to a state file, load one, pause, continue, reach the agent — so
+//! templates, clones, checkpoints and the sandbox handle are written once for both.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,6 +10,7 @@ use serde_json::json;
 use tokio::net::UnixStream;
 
 use crate::client::{ClientError, GuestClient};
+use crate::firecracker::{self, Firecracker};
 use crate::qemu::{self, Machine, Qemu, AGENT_SOCKET, QMP_SOCKET};
 use crate::qmp::{Qmp, QmpError};
 
@@ -26,54 +28,108 @@ pub enum VmError {
     Launch(String),
     #[error(transparent)]
     Qmp(#[from] QmpError),
+    #[error(transparent)]
+    Firecracker(#[from] firecracker::ApiError),
     #[error("the guest agent did not come up: {error}; last console lines:\n{console}")]
     Agent { error: ClientError, console: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
-/// A started QEMU and the directory it keeps its sockets in.
+/// A started VMM process and the directory it keeps its sockets in.
 #[derive(Debug, Clone)]
 pub struct Vm {
     pub dir: PathBuf,
     pub pid: u32,
 }
 
-impl Vm {
-    /// Starts `machine`; on failure nothing of it is left running.
-    pub async fn launch(qemu: &Qemu, machine: &Machine) -> Result<Vm, VmError> {
-        for stale in [QMP_SOCKET, AGENT_SOCKET, qemu::PID_FILE] {
+/// A control session with a VM's VMM (its monitor).
+pub enum Monitor {
+    Qmp(Qmp),
+    Firecracker(firecracker::Api),
+}
+
+/// What runs the VMs of a backend.
+#[derive(Debug)]
+pub enum Hypervisor {
+    Qemu(Qemu),
+    Firecracker(Firecracker),
+}
+
+impl Hypervisor {
+    /// Starts the VMM of `machine`: booting it, or (with `incoming`) waiting for a state
+    /// to load. On failure nothing of it is left running.
+    pub async fn launch(&self, machine: &Machine) -> Result<Vm, VmError> {
+        for stale in [
+            QMP_SOCKET,
+            AGENT_SOCKET,
+            qemu::PID_FILE,
+            firecracker::API_SOCKET,
+            firecracker::VSOCK_SOCKET,
+            firecracker::PID_FILE,
+        ] {
             let _ = std::fs::remove_file(machine.dir.join(stale));
         }
-        let pid = qemu.launch(machine).await.map_err(VmError::Launch)?;
-        Ok(Vm {
-            dir: machine.dir.clone(),
-            pid,
-        })
+        match self {
+            Hypervisor::Qemu(qemu) => {
+                let pid = qemu.launch(machine).await.map_err(VmError::Launch)?;
+                Ok(Vm {
+                    dir: machine.dir.clone(),
+                    pid,
+                })
+            }
+            Hypervisor::Firecracker(fc) => {
+                let pid = fc.launch(&machine.dir).await.map_err(VmError::Launch)?;
+                let vm = Vm {
+                    dir: machine.dir.clone(),
+                    pid,
+                };
+                if !machine.incoming {
+                    let mut boot_args = qemu::kernel_args(machine);
+                    boot_args.push(format!(
+                        "cthulu.channel=vsock:{}",
+                        firecracker::AGENT_VSOCK_PORT
+                    ));
+                    boot_args.push("pci=off".into());
+                    let config = firecracker::machine_in_dir(
+                        machine.memory_mib,
+                        machine.vcpus,
+                        boot_args.join(" "),
+                    );
+                    if let Err(error) = api(&vm).boot(&config).await {
+                        vm.kill().await;
+                        return Err(error.into());
+                    }
+                }
+                Ok(vm)
+            }
+        }
     }
 
-    /// Starts `machine` (made with `incoming`), loads `vmstate` into it, runs it and waits
-    /// for its agent: a clone of a template, or a restore of a checkpoint. On failure the
-    /// QEMU it started is killed.
+    /// Starts `machine` (made with `incoming`), loads the state `vmstate` (and, for
+    /// Firecracker, the guest memory `memory`; QEMU maps memory through the machine's RAM
+    /// backend or reads it from the state), runs it and waits for its agent: a clone of a
+    /// template, or a restore of a checkpoint. On failure the VMM it started is killed.
     pub async fn resume(
-        qemu: &Qemu,
+        &self,
         machine: &Machine,
         vmstate: &Path,
-    ) -> Result<(Vm, Qmp, GuestClient), VmError> {
+        memory: &Path,
+    ) -> Result<(Vm, Monitor, GuestClient), VmError> {
         let started = std::time::Instant::now();
-        let vm = Vm::launch(qemu, machine).await?;
+        let vm = self.launch(machine).await?;
         let launched = started.elapsed();
         let running = async {
-            let mut qmp = vm.qmp().await?;
-            vm.load(&mut qmp, vmstate).await?;
+            let mut control = self.control(&vm).await?;
+            self.load(&mut control, vmstate, memory).await?;
             let loaded = started.elapsed();
-            let client = vm.connect_agent(RESTORE_TIMEOUT).await?;
+            let client = self.connect_agent(&vm, RESTORE_TIMEOUT).await?;
             tracing::debug!(?launched, ?loaded, agent = ?started.elapsed(), "resumed a VM");
-            Ok::<_, VmError>((qmp, client))
+            Ok::<_, VmError>((control, client))
         }
         .await;
         match running {
-            Ok((qmp, client)) => Ok((vm, qmp, client)),
+            Ok((control, client)) => Ok((vm, control, client)),
             Err(error) => {
                 vm.kill().await;
                 Err(error)
@@ -81,73 +137,146 @@ impl Vm {
         }
     }
 
-    pub async fn qmp(&self) -> Result<Qmp, VmError> {
-        Ok(Qmp::connect(&self.dir.join(QMP_SOCKET)).await?)
+    /// A control session with the VM's VMM.
+    pub async fn control(&self, vm: &Vm) -> Result<Monitor, VmError> {
+        Ok(match self {
+            Hypervisor::Qemu(_) => Monitor::Qmp(Qmp::connect(&vm.dir.join(QMP_SOCKET)).await?),
+            Hypervisor::Firecracker(_) => Monitor::Firecracker(api(vm)),
+        })
     }
 
     /// Connects to the agent and waits for its hello.
-    pub async fn connect_agent(&self, timeout: Duration) -> Result<GuestClient, VmError> {
+    pub async fn connect_agent(&self, vm: &Vm, timeout: Duration) -> Result<GuestClient, VmError> {
         let attempt = async {
-            let socket = UnixStream::connect(self.dir.join(AGENT_SOCKET))
-                .await
-                .map_err(|error| ClientError::Disconnected(error.to_string()))?;
+            let socket = match self {
+                Hypervisor::Qemu(_) => UnixStream::connect(vm.dir.join(AGENT_SOCKET)).await,
+                Hypervisor::Firecracker(_) => firecracker::connect_agent(&vm.dir, timeout).await,
+            }
+            .map_err(|error| ClientError::Disconnected(error.to_string()))?;
             GuestClient::connect(socket, timeout).await
         };
         attempt.await.map_err(|error| VmError::Agent {
             error,
-            console: qemu::console_tail(&self.dir, 15),
+            console: qemu::console_tail(&vm.dir, 15),
         })
     }
 
-    /// Stops the CPUs and writes the device state (and the RAM, unless it is a shared
-    /// file) to `path`. The VM stays paused.
-    pub async fn save(&self, qmp: &mut Qmp, path: &Path) -> Result<(), VmError> {
-        qmp.execute(
-            "migrate-set-capabilities",
-            Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
-        )
-        .await?;
-        // The default bandwidth cap (about 128 MiB/s) would make a save take most of a second.
-        qmp.execute(
-            "migrate-set-parameters",
-            Some(json!({"max-bandwidth": 107_374_182_400u64})),
-        )
-        .await?;
-        if qmp.status().await? == "running" {
-            qmp.execute("stop", None).await?;
+    /// Stops the CPUs and writes the device state to `vmstate`, and the guest memory: for
+    /// QEMU into the state unless it lives in a shared file (`x-ignore-shared`), for
+    /// Firecracker into `memory`. The VM stays paused.
+    pub async fn save(
+        &self,
+        control: &mut Monitor,
+        vmstate: &Path,
+        memory: &Path,
+    ) -> Result<(), VmError> {
+        match control {
+            Monitor::Qmp(qmp) => {
+                qmp.execute(
+                    "migrate-set-capabilities",
+                    Some(
+                        json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]}),
+                    ),
+                )
+                .await?;
+                // The default bandwidth cap (about 128 MiB/s) would make a save take most
+                // of a second.
+                qmp.execute(
+                    "migrate-set-parameters",
+                    Some(json!({"max-bandwidth": 107_374_182_400u64})),
+                )
+                .await?;
+                if qmp.status().await? == "running" {
+                    qmp.execute("stop", None).await?;
+                }
+                qmp.execute(
+                    "migrate",
+                    Some(json!({"uri": format!("file:{}", vmstate.display())})),
+                )
+                .await?;
+                qmp.wait_migration(MIGRATION_TIMEOUT).await?;
+            }
+            Monitor::Firecracker(api) => {
+                api.call(&firecracker::pause_request()).await?;
+                api.call(&firecracker::snapshot_create_request(vmstate, memory))
+                    .await?;
+            }
         }
-        qmp.execute(
-            "migrate",
-            Some(json!({"uri": format!("file:{}", path.display())})),
-        )
-        .await?;
-        qmp.wait_migration(MIGRATION_TIMEOUT).await?;
         Ok(())
     }
 
-    /// Loads a state file into a VM started with `incoming`, and runs it.
-    pub async fn load(&self, qmp: &mut Qmp, path: &Path) -> Result<(), VmError> {
-        qmp.execute(
-            "migrate-set-capabilities",
-            Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
-        )
-        .await?;
-        qmp.execute(
-            "migrate-incoming",
-            Some(json!({"uri": format!("file:{}", path.display())})),
-        )
-        .await?;
-        // A failed load ends QEMU (and so this session) with the reason on its stderr.
-        qmp.wait_status("paused", MIGRATION_TIMEOUT).await?;
-        qmp.execute("cont", None).await?;
+    /// Loads a state into a VM launched with `incoming`, and runs it.
+    async fn load(
+        &self,
+        control: &mut Monitor,
+        vmstate: &Path,
+        memory: &Path,
+    ) -> Result<(), VmError> {
+        match control {
+            Monitor::Qmp(qmp) => {
+                qmp.execute(
+                    "migrate-set-capabilities",
+                    Some(
+                        json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]}),
+                    ),
+                )
+                .await?;
+                qmp.execute(
+                    "migrate-incoming",
+                    Some(json!({"uri": format!("file:{}", vmstate.display())})),
+                )
+                .await?;
+                // A failed load ends QEMU (and so this session) with the reason on its
+                // stderr.
+                qmp.wait_status("paused", MIGRATION_TIMEOUT).await?;
+                qmp.execute("cont", None).await?;
+            }
+            Monitor::Firecracker(api) => api.restore(vmstate, memory).await?,
+        }
         Ok(())
     }
 
+    /// Pauses the VM's CPUs.
+    pub async fn pause(&self, control: &mut Monitor) -> Result<(), VmError> {
+        match control {
+            Monitor::Qmp(qmp) => qmp.execute("stop", None).await.map(|_| ())?,
+            Monitor::Firecracker(api) => {
+                api.call(&firecracker::pause_request()).await.map(|_| ())?
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the VM's CPUs again.
+    pub async fn cont(&self, control: &mut Monitor) -> Result<(), VmError> {
+        match control {
+            Monitor::Qmp(qmp) => qmp.execute("cont", None).await.map(|_| ())?,
+            Monitor::Firecracker(api) => {
+                api.call(&firecracker::resume_request()).await.map(|_| ())?
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a VMM that has served its purpose (a template once saved) cleanly, where it
+    /// can; [`Vm::kill`] follows either way.
+    pub async fn quit(&self, control: &mut Monitor) {
+        if let Monitor::Qmp(qmp) = control {
+            let _ = qmp.execute("quit", None).await;
+        }
+    }
+}
+
+fn api(vm: &Vm) -> firecracker::Api {
+    firecracker::Api::new(vm.dir.join(firecracker::API_SOCKET))
+}
+
+impl Vm {
     pub fn is_running(&self) -> bool {
         qemu::is_running(self.pid, &self.dir)
     }
 
-    /// Kills QEMU and waits for it to be gone.
+    /// Kills the VMM and waits for it to be gone.
     pub async fn kill(&self) {
         qemu::kill(self.pid, &self.dir).await;
     }

@@ -273,6 +273,10 @@ impl SandboxHandle for NamespaceSandbox {
         self.lock().status
     }
 
+    fn host_workspace(&self) -> Option<cthulu_core::HostWorkspace> {
+        Some(self.workspace.host_workspace())
+    }
+
     async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput, SandboxError> {
         self.run_exec(spec).await
     }

@@ -165,10 +165,19 @@ impl Server {
                     .unwrap_or_else(|| config.home.join("qemu-templates")),
             ),
             binary: None,
-            images: cthulu_microvm::image_resolver(images),
+            images: cthulu_microvm::image_resolver(images.clone()),
         })
         .with_warm_vms(config.warm_vms);
         providers.insert(BackendKind::Qemu, Arc::new(qemu));
+        // Firecracker: the same microVMs through its API, where a binary and hardware KVM
+        // exist; otherwise its info says which is missing.
+        let firecracker = cthulu_microvm::QemuProvider::firecracker(cthulu_microvm::QemuConfig {
+            root: config.home.join("sandboxes").join("firecracker"),
+            templates: Some(config.home.join("firecracker-templates")),
+            binary: None,
+            images: cthulu_microvm::image_resolver(images),
+        });
+        providers.insert(BackendKind::Firecracker, Arc::new(firecracker));
 
         // Nodes are not called here: one that is down must not stop the server.
         let nodes = db.list_nodes()?.into_iter().map(|record| record.node);

@@ -55,6 +55,24 @@ pub fn parse(cmdline: &str) -> (BootOptions, Vec<String>) {
     (options, complaints)
 }
 
+/// The parameters the command line gives module `module` (`<module>.<param>=<value>`
+/// words, `-` and `_` alike in the name), joined as `finit_module` takes them. The kernel
+/// applies such words only to built-in code; for loadable modules modprobe reads them
+/// from `/proc/cmdline`, and the agent loads modules itself. Firecracker describes its
+/// virtio-mmio devices this way (`virtio_mmio.device=4K@0xd0000000:5`).
+pub fn module_parameters(cmdline: &str, module: &str) -> String {
+    let normalize = |name: &str| name.replace('-', "_");
+    let module = normalize(module);
+    cmdline
+        .split_whitespace()
+        .filter_map(|word| {
+            let (name, parameter) = word.split_once('.')?;
+            (normalize(name) == module && parameter.contains('=')).then_some(parameter)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn parse_net(value: &str) -> Option<NetConfig> {
     let mut parts = value.split(',');
     let (address, prefix) = parts.next()?.split_once('/')?;
@@ -89,6 +107,22 @@ fn parse_channel(value: &str) -> Option<ChannelSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn module_parameters_are_picked_out_of_the_command_line() {
+        let cmdline = "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 \
+                       virtio-mmio.device=4K@0xd0001000:6 virtio_ring.x=1 virtio_mmio.flag \
+                       cthulu.channel=vsock:1024\n";
+        assert_eq!(
+            module_parameters(cmdline, "virtio_mmio"),
+            "device=4K@0xd0000000:5 device=4K@0xd0001000:6"
+        );
+        assert_eq!(
+            module_parameters(cmdline, "virtio-mmio"),
+            module_parameters(cmdline, "virtio_mmio")
+        );
+        assert_eq!(module_parameters(cmdline, "vsock"), "");
+    }
 
     #[test]
     fn defaults_without_options() {

@@ -38,11 +38,11 @@ const DEVICE_WAIT: Duration = Duration::from_secs(5);
 pub fn run() -> ! {
     mount_api_filesystems();
     ensure_standard_fds();
-    load_modules();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    load_modules(&cmdline);
     if let Err(error) = sys::interface_up("lo") {
         log!("bringing up lo: {error}");
     }
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let (options, complaints) = cmdline::parse(&cmdline);
     for complaint in complaints {
         log!("kernel command line: {complaint}");
@@ -186,7 +186,7 @@ fn ensure_standard_fds() {
     }
 }
 
-fn load_modules() {
+fn load_modules(cmdline: &str) {
     let list = match std::fs::read_to_string(MODULE_LIST) {
         Ok(list) => list,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return,
@@ -209,7 +209,13 @@ fn load_modules() {
         let compressed = [".xz", ".zst", ".gz"]
             .iter()
             .any(|suffix| path.ends_with(suffix));
-        match sys::finit_module(&module, compressed) {
+        let name = Path::new(path)
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.split('.').next())
+            .unwrap_or_default();
+        let parameters = cmdline::module_parameters(cmdline, name);
+        match sys::finit_module(&module, &parameters, compressed) {
             Ok(()) => {}
             Err(error) if error.raw_os_error() == Some(libc::EEXIST) => {}
             Err(error) => log!("loading the module {path}: {error}"),

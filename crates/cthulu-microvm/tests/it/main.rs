@@ -3,6 +3,7 @@
 //! either the tests print `SKIP qemu: <reason>`.
 
 mod disk;
+mod failures;
 mod pool;
 mod support;
 mod vm;

@@ -133,7 +133,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(system::metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route("/healthz", get(system::healthz))
-        .route("/", get(system::status_page))
+        // The web UI: static files, served without a key (the API calls it makes are
+        // authenticated like any other).
+        .route("/", get(system::ui_index))
+        .route("/ui/{*path}", get(system::ui_asset))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(middleware::from_fn_with_state(

@@ -1,15 +1,16 @@
-//! Server-wide routes: info, health, metrics, the status page and the OpenAPI document.
+//! Server-wide routes: info, health, metrics, the OpenAPI document and the web UI's
+//! static files (embedded by cthulu-web).
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::header;
-use axum::response::{Html, IntoResponse, Response};
-use cthulu_types::{BackendKind, ErrorBody, ServerInfo};
+use axum::response::{IntoResponse, Response};
+use cthulu_types::{ErrorBody, ErrorCode, ServerInfo};
 use utoipa::OpenApi;
 
 use super::ApiJson;
-use crate::error::ApiResult;
+use crate::error::{ApiFailure, ApiResult};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -81,53 +82,46 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> ApiResult<Response> 
         .into_response())
 }
 
-/// A minimal page for a person: version, backends, sandbox counts. It shows no ids, so
-/// it needs no key.
-pub async fn status_page(State(state): State<Arc<AppState>>) -> ApiResult<Html<String>> {
-    let counts = state.db.counts()?;
-    let mut backends = String::new();
-    for info in state.backend_infos() {
-        let status = if info.available {
-            "available".to_owned()
-        } else {
-            format!(
-                "unavailable: {}",
-                escape(&info.unavailable_reason.unwrap_or_default())
-            )
-        };
-        let live: u64 = counts
-            .iter()
-            .filter(|(backend, _, _)| BackendKind::parse(backend) == Some(info.kind))
-            .map(|(_, _, count)| count)
-            .sum();
-        backends.push_str(&format!(
-            "<tr><td>{}</td><td>{status}</td><td>{live}</td></tr>",
-            info.kind
-        ));
-    }
-    let mut statuses = String::new();
-    for (backend, status, count) in &counts {
-        statuses.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{count}</td></tr>",
-            escape(backend),
-            escape(status)
-        ));
-    }
-    Ok(Html(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Cthulu</title>\
-         <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em 1em;text-align:left}}</style></head>\
-         <body><h1>Cthulu {version}</h1><p>Default backend: {default}. API under <code>/api/v1</code>, \
-         document at <a href=\"/api/v1/openapi.json\">/api/v1/openapi.json</a>.</p>\
-         <h2>Backends</h2><table><tr><th>backend</th><th>status</th><th>sandboxes</th></tr>{backends}</table>\
-         <h2>Sandboxes</h2><table><tr><th>backend</th><th>status</th><th>count</th></tr>{statuses}</table></body></html>",
-        version = env!("CARGO_PKG_VERSION"),
-        default = state.default_backend,
-    )))
+/// What the UI's pages may load and connect to: scripts, styles and images from this
+/// server only (no CDN), inline styles for xterm.js, never framed by another page. Fetches
+/// go to this server; WebSockets to the URL the server hands out for a terminal, whose
+/// host name may be spelled otherwise than the page's (`127.0.0.1` / `localhost`).
+const UI_CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// `GET /`: the web UI's page.
+pub async fn ui_index() -> Response {
+    ui_response("index.html")
 }
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// `GET /ui/{path}`: the UI's scripts, styles and the terminal's files (`vendor/…`).
+pub async fn ui_asset(Path(path): Path<String>) -> Response {
+    ui_response(&path)
+}
+
+fn ui_response(name: &str) -> Response {
+    match cthulu_web::asset(name) {
+        Some(asset) => (
+            [
+                (header::CONTENT_TYPE, asset.content_type),
+                // Always revalidated: a rebuilt server serves its own UI at once.
+                (header::CACHE_CONTROL, "no-cache"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (header::CONTENT_SECURITY_POLICY, UI_CONTENT_SECURITY_POLICY),
+            ],
+            asset.bytes,
+        )
+            .into_response(),
+        None if cthulu_web::TERMINAL_ASSETS.contains(&name) => ApiFailure::new(
+            ErrorCode::FileNotFound,
+            "terminal assets were not built: this server was built without web/node_modules",
+        )
+        .with_hint("run scripts/web-assets, then build and start the server again")
+        .into_response(),
+        None => ApiFailure::new(
+            ErrorCode::FileNotFound,
+            format!("the web UI has no file {name}"),
+        )
+        .with_hint("the UI is at /")
+        .into_response(),
+    }
 }

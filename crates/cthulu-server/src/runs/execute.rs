@@ -232,7 +232,15 @@ async fn acquire(job: &Job) -> Result<Sandbox, Stop> {
 /// Unpacks the input archive in the workspace: `tar -x` reading it on stdin, so it never
 /// lands in a file of its own. Fixes the baseline of the diff.
 async fn copy_in(job: &Job, sandbox: &mut Sandbox) -> Result<(), Stop> {
-    if let Some(input) = &job.input {
+    if let (Some(input), Some(workspace)) = (&job.input, sandbox.handle.host_workspace()) {
+        // Straight into the workspace directory: no command, no pipe. The archive is
+        // unpacked beneath the directory whatever its entries say.
+        let tar = input.tar.clone();
+        tokio::task::spawn_blocking(move || unpack_into(&workspace, &tar))
+            .await
+            .map_err(|error| Stop::Failed(format!("cannot unpack the input: {error}")))?
+            .map_err(|error| Stop::Failed(format!("cannot unpack the input: {error}")))?;
+    } else if let Some(input) = &job.input {
         let mut spec = ExecSpec::argv(["tar", "-x", "--no-same-owner", "-f", "-"]);
         spec.stdin = Some(input.tar.clone());
         spec.timeout = TAR_TIMEOUT;
@@ -272,8 +280,73 @@ fn describe_exit(exit: &ExitInfo) -> String {
     }
 }
 
-/// The workspace as a tree, read with `tar -c` on the sandbox's side.
+/// Unpacks the uncompressed tar `archive` into the host-side `workspace`, its entries
+/// owned by the sandbox's root.
+fn unpack_into(workspace: &cthulu_core::HostWorkspace, archive: &[u8]) -> std::io::Result<()> {
+    use cthulu_host::archive::{unpack_tar, OwnerRange, RestoreOptions, Tree as ArchiveTree};
+    let options = RestoreOptions {
+        overlay: false,
+        owners: workspace
+            .owner
+            .map(|(uid, gid)| OwnerRange { uid, gid, count: 1 }),
+    };
+    let tree = ArchiveTree {
+        name: "",
+        path: &workspace.path,
+    };
+    unpack_tar(&[tree], archive, options, false)
+}
+
+/// A sink that refuses to grow past `limit` bytes.
+struct Capped {
+    bytes: Vec<u8>,
+    limit: u64,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() as u64 + buffer.len() as u64 > self.limit {
+            return Err(std::io::Error::other(format!(
+                "the workspace is larger than {} bytes",
+                self.limit
+            )));
+        }
+        self.bytes.extend_from_slice(buffer);
+        Ok(buffer.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The workspace as a tree: read from the host side where the backend has the workspace
+/// there (a walk that never follows a symlink), else with `tar -c` in the sandbox.
 async fn workspace_tree(job: &Job, sandbox: &Sandbox) -> Result<Tree, String> {
+    if let Some(workspace) = sandbox.handle.host_workspace() {
+        let limit = job.state.runs.config.max_workspace_bytes;
+        let archive = tokio::task::spawn_blocking(move || {
+            let tree = cthulu_host::archive::Tree {
+                name: "",
+                path: &workspace.path,
+            };
+            let sink = Capped {
+                bytes: Vec::new(),
+                limit,
+            };
+            cthulu_host::archive::write_tar(&[tree], sink, Default::default())
+                .map(|sink| sink.bytes)
+        })
+        .await
+        .map_err(|error| format!("cannot read the workspace: {error}"))?
+        .map_err(|error| format!("cannot read the workspace: {error}"))?;
+        return Tree::from_tar(&archive).map_err(|error| error.to_string());
+    }
+    workspace_tree_in_sandbox(job, sandbox).await
+}
+
+/// The workspace as a tree, read with `tar -c` on the sandbox's side.
+async fn workspace_tree_in_sandbox(job: &Job, sandbox: &Sandbox) -> Result<Tree, String> {
     let mut spec = ExecSpec::argv(["tar", "-c", "-f", "-", "."]);
     spec.timeout = TAR_TIMEOUT;
     spec.max_output_bytes = job.state.runs.config.max_workspace_bytes;

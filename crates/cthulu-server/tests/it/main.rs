@@ -14,4 +14,5 @@ mod restart;
 mod runs;
 mod support;
 mod terminal;
+mod web_ui;
 mod websocket;

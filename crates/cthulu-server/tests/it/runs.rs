@@ -777,3 +777,50 @@ async fn a_run_on_the_namespace_backend_gets_its_agent_through_the_input() {
     let (status, _) = api.delete(&format!("/api/v1/sandboxes/{sandbox_id}")).await;
     assert_eq!(status, 204);
 }
+
+/// An input archive whose symlink points out of the workspace, with a file "inside" it:
+/// unpacked on the host side (host and namespace backends), nothing may land outside.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_input_archive_cannot_write_through_its_own_symlink() {
+    let server = TestServer::start_with_agents(&agents()).await;
+    let api = Api::new(&server);
+    let outside = tempfile::tempdir().unwrap();
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    let mut link = tar::Header::new_gnu();
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_size(0);
+    link.set_mode(0o777);
+    builder
+        .append_link(&mut link, "escape", outside.path())
+        .unwrap();
+    let mut file = tar::Header::new_gnu();
+    file.set_mode(0o644);
+    file.set_size(6);
+    builder
+        .append_data(&mut file, "escape/pwned", &b"pwned\n"[..])
+        .unwrap();
+    let archive = builder.into_inner().unwrap().finish().unwrap();
+    let (status, body) = api
+        .post(
+            "/api/v1/runs",
+            json!({"prompt": "p", "agent": "fake-success", "backend": "host",
+                   "input_archive": base64::engine::general_purpose::STANDARD.encode(archive)}),
+        )
+        .await;
+    if status == 201 {
+        let run: Run = serde_json::from_value(body).unwrap();
+        let (_, end) = Sse::open(&api, &run.id, None).await.collect_all().await;
+        assert_eq!(end.status, RunStatus::Failed, "{end:?}");
+        let error = end.error.unwrap_or_default();
+        assert!(error.contains("input"), "{error}");
+    } else {
+        assert_eq!(status, 400, "{body}");
+    }
+    assert!(
+        !outside.path().join("pwned").exists(),
+        "the archive wrote through its symlink"
+    );
+}

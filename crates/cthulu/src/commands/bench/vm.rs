@@ -7,13 +7,14 @@ use std::path::Path;
 use anyhow::Context as _;
 use cthulu_microvm::qemu::Qemu;
 use cthulu_microvm::template::{TemplateKey, Templates};
+use cthulu_microvm::vm::Hypervisor;
 
 use super::report::Latency;
 
 /// Boots `count` VMs of the default image and size from nothing, each to its agent's
 /// hello; the samples are the boot times.
 pub async fn cold_boots(images_dir: &Path, count: u32) -> anyhow::Result<Option<Latency>> {
-    let qemu = Qemu::detect(None).map_err(anyhow::Error::msg)?;
+    let hypervisor = Hypervisor::Qemu(Qemu::detect(None).map_err(anyhow::Error::msg)?);
     let image = (cthulu_microvm::image_resolver(images_dir.to_owned()))(None)
         .map_err(anyhow::Error::msg)?;
     let scratch = tempfile::Builder::new()
@@ -30,7 +31,7 @@ pub async fn cold_boots(images_dir: &Path, count: u32) -> anyhow::Result<Option<
     for boot in 0..count {
         let templates = Templates::new(scratch.path().join(boot.to_string()));
         let template = templates
-            .get(&qemu, &image, &key)
+            .get(&hypervisor, &image, &key)
             .await
             .context("a cold boot failed")?;
         samples.extend(template.boot);
