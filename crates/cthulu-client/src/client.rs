@@ -53,6 +53,19 @@ impl CthuluClient {
         })
     }
 
+    /// The same client with another connect timeout (default 10 s): a platform calling
+    /// its nodes wants a dead one to fail fast.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Result<Self, ClientError> {
+        self.http = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|error| ClientError::InvalidUrl {
+                url: self.base_url.to_string(),
+                reason: error.to_string(),
+            })?;
+        Ok(self)
+    }
+
     /// A client configured from `CTHULU_URL` (default [`DEFAULT_URL`]) and `CTHULU_TOKEN`.
     pub fn from_env() -> Result<Self, ClientError> {
         let url = std::env::var("CTHULU_URL")

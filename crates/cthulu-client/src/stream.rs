@@ -20,7 +20,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::{ClientError, CthuluClient};
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Frames queued for sending; the writer task applies backpressure past this many.
 const OUTGOING_QUEUE: usize = 64;
@@ -314,7 +314,7 @@ impl CthuluClient {
         Ok(ExecSession::new(process_id.to_owned(), url, sink, reader))
     }
 
-    async fn connect(
+    pub(crate) async fn connect(
         &self,
         http_url: Url,
     ) -> Result<(SplitSink<Socket, Message>, SplitStream<Socket>, String), ClientError> {

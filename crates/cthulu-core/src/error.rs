@@ -68,6 +68,28 @@ pub enum SandboxError {
         #[source]
         source: io::Error,
     },
+    /// A remote node did not answer (connection refused or timed out, name not resolved).
+    #[error("node {node} at {url} is unreachable: {reason}")]
+    NodeUnreachable {
+        node: String,
+        url: String,
+        reason: String,
+    },
+    /// A remote node answered something that is not the Cthulu API.
+    #[error("node {node} at {url} answered something that is not the Cthulu API: {detail}")]
+    NodeProtocol {
+        node: String,
+        url: String,
+        detail: String,
+    },
+    /// A remote node refused the operation with its own error, passed through.
+    #[error("{message}")]
+    Node {
+        node: String,
+        code: ErrorCode,
+        message: String,
+        hint: Option<String>,
+    },
     #[error("creating sandbox {sandbox_id} failed, and so did cleaning up after it ({cleanup})")]
     ProvisionAndCleanup {
         sandbox_id: SandboxId,
@@ -119,6 +141,10 @@ impl SandboxError {
             SandboxError::InvalidState(_) => ErrorCode::InvalidState,
             SandboxError::Unsupported { .. } => ErrorCode::Unsupported,
             SandboxError::BackendUnavailable { .. } => ErrorCode::BackendUnavailable,
+            SandboxError::NodeUnreachable { .. } | SandboxError::NodeProtocol { .. } => {
+                ErrorCode::NodeUnreachable
+            }
+            SandboxError::Node { code, .. } => *code,
             SandboxError::Io { .. }
             | SandboxError::System { .. }
             | SandboxError::ProvisionAndCleanup { .. } => ErrorCode::Internal,
@@ -150,6 +176,13 @@ impl SandboxError {
             SandboxError::PortNotListening { .. } => {
                 Some("start a server on that port inside the sandbox first".into())
             }
+            SandboxError::NodeUnreachable { .. } => Some(
+                "see `cthulu node ls`; the node's sandboxes work again once it answers".into(),
+            ),
+            SandboxError::NodeProtocol { .. } => {
+                Some("check the node's URL with `cthulu node ls`".into())
+            }
+            SandboxError::Node { hint, .. } => hint.clone(),
             SandboxError::Unsupported { .. } | SandboxError::BackendUnavailable { .. } => {
                 Some("see `GET /api/v1/info` for what each backend can do here".into())
             }

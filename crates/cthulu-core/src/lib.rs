@@ -21,7 +21,7 @@ pub use error::SandboxError;
 pub use output::CappedBuffer;
 pub use path::workspace_relative;
 pub use provider::{
-    ByteReader, ExecStream, FileDownload, HostWorkspace, SandboxHandle, SandboxProvider,
+    ByteReader, Duplex, ExecStream, FileDownload, HostWorkspace, SandboxHandle, SandboxProvider,
 };
 pub use spec::{
     ExecEvent, ExecOutput, ExecSpec, ExitInfo, PutOptions, SandboxSpec, UNLIMITED_TIMEOUT,

@@ -7,12 +7,17 @@ use cthulu_types::{
     BackendInfo, BackendKind, Capabilities, Checkpoint, CheckpointRequest, DirEntry, ExposedPort,
     ProcessInfo, PtySize, SandboxId, SandboxStatus, Signal,
 };
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{ExecEvent, ExecOutput, ExecSpec, PutOptions, SandboxError, SandboxSpec};
 
 /// A byte stream of file contents, read without buffering the whole file.
 pub type ByteReader = Box<dyn AsyncRead + Send + Unpin>;
+
+/// A byte stream both ways: a TCP connection to a sandbox port, or a tunnel to one.
+pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
 
 /// A file being downloaded.
 pub struct FileDownload {
@@ -127,6 +132,18 @@ pub trait SandboxHandle: Send + Sync + 'static {
     async fn expose_port(&self, port: u16) -> Result<ExposedPort, SandboxError>;
     async fn unexpose_port(&self, port: u16) -> Result<(), SandboxError>;
     async fn list_ports(&self) -> Result<Vec<ExposedPort>, SandboxError>;
+
+    /// A connection to `port` inside the sandbox, as the port forwarders make them (the
+    /// server tunnels it over a WebSocket to a platform that holds the sandbox remotely).
+    /// [`SandboxError::PortNotListening`] when nobody listens there.
+    async fn connect_port(&self, port: u16) -> Result<Box<dyn Duplex>, SandboxError> {
+        let _ = port;
+        Err(SandboxError::Unsupported {
+            backend: self.kind(),
+            operation: "connect_port",
+            reason: "this backend has no port connector".into(),
+        })
+    }
 
     async fn checkpoint(&self, request: CheckpointRequest) -> Result<Checkpoint, SandboxError>;
     async fn list_checkpoints(&self) -> Result<Vec<Checkpoint>, SandboxError>;

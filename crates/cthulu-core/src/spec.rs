@@ -29,6 +29,9 @@ pub struct SandboxSpec {
     /// `<sandbox id>/<checkpoint>`: a memory checkpoint to start from (backends that can).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_checkpoint: Option<String>,
+    /// The node a `remote` sandbox was asked for (`None`: placed by free capacity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl SandboxSpec {
@@ -41,6 +44,7 @@ impl SandboxSpec {
             network: request.network,
             image: request.image.clone(),
             from_checkpoint: request.from_checkpoint.clone(),
+            node: request.node.clone(),
         })
     }
 }

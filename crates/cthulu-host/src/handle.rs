@@ -101,6 +101,10 @@ impl SandboxHandle for HostSandbox {
         ports::list(self)
     }
 
+    async fn connect_port(&self, port: u16) -> Result<Box<dyn cthulu_core::Duplex>, SandboxError> {
+        ports::connect(self, port).await
+    }
+
     async fn checkpoint(&self, request: CheckpointRequest) -> Result<Checkpoint, SandboxError> {
         self.create_checkpoint(request).await
     }

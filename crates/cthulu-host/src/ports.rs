@@ -20,7 +20,6 @@ use async_trait::async_trait;
 use cthulu_core::SandboxError;
 use cthulu_types::sandbox::Operation;
 use cthulu_types::{ExposedPort, SandboxId, SandboxStatus};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -29,10 +28,7 @@ use crate::sandbox::HostSandbox;
 /// A listener answers a loopback connect at once; a silent address must not hang us.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// A byte stream both ways: a TCP connection, or a tunnel through a guest agent.
-pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+pub use cthulu_core::Duplex;
 
 /// How a forwarder reaches a sandbox port.
 #[async_trait]
@@ -222,6 +218,20 @@ pub async fn expose(sandbox: &impl PortSandbox, port: u16) -> Result<ExposedPort
         forwarders.insert(port, forwarder);
         exposed
     })
+}
+
+/// A connection to `port` inside the sandbox through its connector (the server's port
+/// tunnel), after checking the status allows port traffic.
+pub async fn connect(
+    sandbox: &impl PortSandbox,
+    port: u16,
+) -> Result<Box<dyn Duplex>, SandboxError> {
+    sandbox.with_ports(Some(Operation::Ports), |_, _| ())?;
+    sandbox
+        .connector()
+        .connect(port)
+        .await
+        .ok_or(SandboxError::PortNotListening { port })
 }
 
 /// Closes the forwarder of `port` and forgets it.

@@ -569,6 +569,10 @@ impl SandboxHandle for VmSandbox {
         ports::list(self)
     }
 
+    async fn connect_port(&self, port: u16) -> Result<Box<dyn cthulu_core::Duplex>, SandboxError> {
+        ports::connect(self, port).await
+    }
+
     async fn checkpoint(&self, request: CheckpointRequest) -> Result<Checkpoint, SandboxError> {
         let _lifecycle = self.lifecycle.lock().await;
         self.check(Operation::Checkpoint)?;

@@ -341,6 +341,10 @@ impl SandboxHandle for NamespaceSandbox {
         ports::list(self)
     }
 
+    async fn connect_port(&self, port: u16) -> Result<Box<dyn cthulu_core::Duplex>, SandboxError> {
+        ports::connect(self, port).await
+    }
+
     async fn checkpoint(&self, request: CheckpointRequest) -> Result<Checkpoint, SandboxError> {
         self.create_checkpoint(request).await
     }

@@ -65,6 +65,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, seq)
     ) WITHOUT ROWID;
 "#,
+    // Registered nodes of the remote backend (crate::nodes). The token is what the
+    // platform sends to the node, so it is kept as given: the file is mode 0600.
+    r#"
+    CREATE TABLE nodes (
+        name TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        token TEXT NOT NULL,
+        added_at_ms INTEGER NOT NULL
+    );
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +97,12 @@ pub enum DbError {
         query: &'static str,
         #[source]
         source: rusqlite::Error,
+    },
+    #[error("cannot make the database {path} private (mode 0600)")]
+    Permissions {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("sandbox record {sandbox_id} is corrupt: {reason}")]
     Corrupt { sandbox_id: String, reason: String },
@@ -134,6 +150,10 @@ pub struct Database {
 impl Database {
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Database, DbError> {
+        restrict_mode(path).map_err(|source| DbError::Permissions {
+            path: path.to_owned(),
+            source,
+        })?;
         let connection = Connection::open(path).map_err(|source| DbError::Open {
             path: path.to_owned(),
             source,
@@ -336,6 +356,20 @@ impl Database {
             )
             .map_err(query_error("check api key"))
     }
+}
+
+/// The database holds API key hashes and node tokens: only its owner may read it. SQLite
+/// gives its `-wal` and `-shm` files the database file's mode, so setting it here, before
+/// SQLite opens the file, covers them too.
+fn restrict_mode(path: &Path) -> std::io::Result<()> {
+    use fs_err::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
+    fs_err::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    fs_err::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 fn migrate(connection: &Connection, path: &Path) -> Result<(), DbError> {

@@ -4,16 +4,19 @@
 //! backends, re-attaches to every sandbox it knew ([`state::AppState::reattach_all`]) and
 //! binds; [`Server::run_until`] serves the REST and WebSocket API ([`routes`]) until
 //! shutdown, while a reaper destroys sandboxes past their lifetime. Agent runs (a CLI
-//! agent working in a sandbox, its events streamed) are in [`runs`].
+//! agent working in a sandbox, its events streamed) are in [`runs`]. Registered nodes of
+//! the remote backend are in [`nodes`]; terminal tokens in [`terminal`].
 
 pub mod access_token;
 pub mod db;
 pub mod error;
 pub mod metrics;
+pub mod nodes;
 pub mod routes;
 pub mod runs;
 pub mod server;
 pub mod state;
+pub mod terminal;
 
 pub use access_token::AccessToken;
 pub use routes::ApiDoc;

@@ -81,6 +81,14 @@ pub enum ServerError {
         backend: BackendKind,
         reason: String,
     },
+    #[error("cannot start the remote backend")]
+    RemoteBackend(#[source] cthulu_core::SandboxError),
+    #[error("cannot read or create the terminal key in {path}")]
+    TerminalKey {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot re-attach to the sandboxes of {path}: {message}")]
     Reattach { path: PathBuf, message: String },
     #[error("cannot listen on {address}")]
@@ -173,6 +181,25 @@ impl Server {
         });
         providers.insert(BackendKind::Firecracker, Arc::new(firecracker));
 
+        // Nodes are not called here: one that is down must not stop the server.
+        let nodes = db.list_nodes()?.into_iter().map(|record| record.node);
+        let remote = Arc::new(
+            cthulu_remote::RemoteProvider::new(cthulu_remote::RemoteConfig {
+                root: config.home.join("sandboxes").join("remote"),
+                nodes: Arc::new(cthulu_remote::NodeDirectory::new(nodes)),
+            })
+            .map_err(ServerError::RemoteBackend)?,
+        );
+        providers.insert(BackendKind::Remote, remote.clone());
+        let terminal_key = crate::terminal::TerminalKey::for_server(
+            config.access_token.as_ref().map(crate::AccessToken::expose),
+            &config.home,
+        )
+        .map_err(|source| ServerError::TerminalKey {
+            path: config.home.clone(),
+            source,
+        })?;
+
         let default_backend = config
             .default_backend
             .unwrap_or_else(|| automatic_default(&providers));
@@ -199,9 +226,16 @@ impl Server {
         let runs =
             crate::runs::RunManager::new(config.runs.clone(), agents, config.home.join("runs"));
         let state = Arc::new(
-            AppState::new(db, providers, default_backend, runs)
-                .with_max_sandboxes(config.max_sandboxes)
-                .with_access_token(config.access_token.clone()),
+            AppState::new(
+                db,
+                providers,
+                default_backend,
+                runs,
+                remote.clone(),
+                terminal_key,
+            )
+            .with_max_sandboxes(config.max_sandboxes)
+            .with_access_token(config.access_token.clone()),
         );
         state
             .reattach_all()
@@ -258,6 +292,10 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let reaper = self.state.spawn_reaper(REAPER_PERIOD);
+        // What the nodes can do, for `GET /api/v1/info`; in the background, since a node
+        // that does not answer takes seconds to say so.
+        let remote = self.state.remote.clone();
+        let node_refresh = tokio::spawn(async move { remote.refresh_nodes().await });
         let app = crate::routes::router(self.state.clone(), self.extra_routes);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
@@ -278,6 +316,7 @@ impl Server {
             }
         };
         reaper.abort();
+        node_refresh.abort();
         self.state.runs.shutdown();
         for provider in self.state.providers.values() {
             provider.shutdown().await;

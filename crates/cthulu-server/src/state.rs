@@ -27,6 +27,10 @@ pub struct AppState {
     pub default_backend: BackendKind,
     pub metrics: Metrics,
     pub runs: RunManager,
+    /// The remote backend (also in `providers`), for the node routes and terminals.
+    pub remote: Arc<cthulu_remote::RemoteProvider>,
+    /// Signs and checks terminal tokens (crate::terminal).
+    pub terminal_key: crate::terminal::TerminalKey,
     handles: RwLock<HashMap<SandboxId, Arc<dyn SandboxHandle>>>,
     /// The most sandboxes held at once (`ServerConfig::max_sandboxes`).
     max_sandboxes: Option<usize>,
@@ -43,6 +47,8 @@ impl AppState {
         providers: BTreeMap<BackendKind, Arc<dyn SandboxProvider>>,
         default_backend: BackendKind,
         runs: RunManager,
+        remote: Arc<cthulu_remote::RemoteProvider>,
+        terminal_key: crate::terminal::TerminalKey,
     ) -> Self {
         AppState {
             db,
@@ -50,6 +56,8 @@ impl AppState {
             default_backend,
             metrics: Metrics::default(),
             runs,
+            remote,
+            terminal_key,
             handles: RwLock::new(HashMap::new()),
             max_sandboxes: None,
             admitting: std::sync::Mutex::new(()),
@@ -228,7 +236,16 @@ impl AppState {
     }
 
     pub async fn create(&self, request: &CreateSandboxRequest) -> ApiResult<SandboxRecord> {
-        let backend = request.backend.unwrap_or(self.default_backend);
+        let backend = match (request.backend, &request.node) {
+            (None | Some(BackendKind::Remote), Some(_)) => BackendKind::Remote,
+            (Some(backend), Some(_)) => {
+                return Err(ApiFailure::bad_request(format!(
+                    "a sandbox on a node uses the remote backend, not {backend}"
+                ))
+                .with_hint("leave out backend, or set it to remote"))
+            }
+            (backend, None) => backend.unwrap_or(self.default_backend),
+        };
         let provider = self.provider(backend)?.clone();
         let spec = SandboxSpec::from_request(request)?;
         if spec.from_checkpoint.is_some()

@@ -98,6 +98,16 @@ impl TestServer {
         TestServer::start_in(home).await
     }
 
+    /// A server with its configuration changed by `configure` (which may also prepare
+    /// the home it names, e.g. create an API key there).
+    pub async fn start_with(configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let home = tempfile::Builder::new()
+            .prefix("cthulu-test-")
+            .tempdir()
+            .expect("a temporary home");
+        TestServer::start_in_configured(home, configure).await
+    }
+
     /// A server that knows the agent definitions `agents` (a JSON array) besides the
     /// built-in ones: they are written to `<home>/agents.json` before it starts.
     pub async fn start_with_agents(agents: &serde_json::Value) -> TestServer {
@@ -190,6 +200,29 @@ impl TestServer {
             tempfile::tempdir().expect("a placeholder directory"),
         );
         TestServer::start_in(home).await
+    }
+
+    /// Stops the server (if it still runs) and starts a new one on the same home and the
+    /// same address, configured by `configure`: a node that went away and came back.
+    pub async fn restart_in_place(
+        mut self,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
+        self.stop().await;
+        let home = std::mem::replace(
+            &mut self.home,
+            tempfile::tempdir().expect("a placeholder directory"),
+        );
+        let address = self
+            .url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the server's URL is http://<address>");
+        TestServer::start_in_configured(home, move |config| {
+            config.listen = address;
+            configure(config);
+        })
+        .await
     }
 
     pub async fn stop(&mut self) {

@@ -5,6 +5,7 @@
 //! - [`sandbox`]: create/list/update bodies and the [`SandboxStatus`] state machine.
 //! - [`exec`]: one-shot and streaming exec, processes, signals.
 //! - [`files`], [`ports`], [`checkpoint`], [`info`]: the other resources.
+//! - [`nodes`]: registered nodes of the remote backend, and terminal access URLs.
 //! - [`error`]: the `{ "error": { "code", "message", "hint" } }` body and its codes.
 //! - [`runs`]: agent runs: the create body, the run, its events (docs/api.md, Runs).
 //! - [`stream`]: the WebSocket frame protocol of streaming exec (docs/streaming.md).
@@ -16,6 +17,7 @@ pub mod exec;
 pub mod files;
 pub mod id;
 pub mod info;
+pub mod nodes;
 pub mod ports;
 pub mod runs;
 pub mod sandbox;
@@ -31,6 +33,7 @@ pub use exec::{
 pub use files::{DirEntry, DirListing, FileKind, FileWritten};
 pub use id::{IdError, SandboxId};
 pub use info::{BackendInfo, Capabilities, Capacity, CheckpointSupport, LimitSupport, ServerInfo};
+pub use nodes::{AddNodeRequest, NodeList, NodeSummary, TerminalAccess};
 pub use ports::{ExposePortRequest, ExposedPort, PortList};
 pub use runs::{
     CreateRunRequest, Run, RunChanges, RunEvent, RunEventBody, RunList, RunStatus, RunTimings,

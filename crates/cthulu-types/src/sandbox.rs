@@ -269,6 +269,11 @@ pub struct CreateSandboxRequest {
     /// sandbox has that moment's processes and files, and its own identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_checkpoint: Option<String>,
+    /// Create the sandbox on this registered node (`GET /api/v1/nodes`); implies the
+    /// `remote` backend. Without it, a `remote` sandbox goes to the node with the most
+    /// free capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// `PATCH /api/v1/sandboxes/{id}`: change labels or the lifetime of a running sandbox.

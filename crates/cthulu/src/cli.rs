@@ -43,7 +43,8 @@ pub enum Command {
     /// Run the Cthulu server
     Serve(commands::serve::ServeArgs),
     /// Run a node: the VM Manager of this host (the sandbox API and the earlier `/vms`
-    /// API behind one token, a web terminal per VM)
+    /// API behind one token, a web terminal per VM); `node add|ls|rm` register, list and
+    /// remove the nodes remote sandboxes are placed on
     Node(commands::node::NodeArgs),
     /// Run a command in a fresh sandbox that is destroyed afterwards
     Run(commands::run::RunArgs),

@@ -40,8 +40,9 @@ impl std::error::Error for Hint {}
 
 /// Runs the parsed command line and turns its outcome into the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    let default_level = match cli.command {
-        Command::Serve(_) | Command::Node(_) => "info",
+    let default_level = match &cli.command {
+        Command::Serve(_) => "info",
+        Command::Node(args) if args.command.is_none() => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

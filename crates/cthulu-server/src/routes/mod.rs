@@ -4,12 +4,15 @@
 mod checkpoints;
 mod exec;
 mod files;
+mod nodes;
+mod port_tunnel;
 mod ports;
 mod processes;
 mod runs;
 mod sandboxes;
 mod stream;
 mod system;
+mod terminal;
 
 use std::sync::Arc;
 
@@ -105,6 +108,10 @@ pub fn router(state: Arc<AppState>, extra: Router) -> Router {
             "/sandboxes/{id}/ports/{port}",
             axum::routing::delete(ports::unexpose),
         )
+        .route("/sandboxes/{id}/ports/{port}/ws", get(port_tunnel::tunnel))
+        .route("/sandboxes/{id}/terminal", post(terminal::create))
+        .route("/nodes", post(nodes::add).get(nodes::list))
+        .route("/nodes/{name}", axum::routing::delete(nodes::remove))
         .route(
             "/sandboxes/{id}/checkpoints",
             post(checkpoints::create).get(checkpoints::list),
@@ -170,6 +177,20 @@ async fn authenticate(
 }
 
 fn check_token(state: &AppState, request: &Request) -> ApiResult<()> {
+    // A terminal token opens one sandbox's terminal WebSocket in place of the key; one
+    // that is given is always checked, and a bad one is never passed on to the key check.
+    if let Some(sandbox_id) = crate::terminal::terminal_path_sandbox(request.uri().path()) {
+        if let Some(token) = crate::terminal::query_token(request.uri().query()) {
+            return state
+                .terminal_key
+                .verify(token, sandbox_id, cthulu_types::now_ms())
+                .map_err(|error| {
+                    ApiFailure::new(ErrorCode::Unauthorized, error.to_string()).with_hint(
+                        "ask for a new terminal URL: POST /api/v1/sandboxes/{id}/terminal",
+                    )
+                });
+        }
+    }
     let fixed = state.access_token();
     if fixed.is_none() && !state.db.has_api_keys()? {
         return Ok(());

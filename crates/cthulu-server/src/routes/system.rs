@@ -26,6 +26,8 @@ use crate::state::AppState;
         super::stream::attach_ws,
         super::files::put, super::files::get, super::files::remove, super::files::list_dir,
         super::ports::expose, super::ports::list, super::ports::unexpose,
+        super::port_tunnel::tunnel, super::terminal::create,
+        super::nodes::add, super::nodes::list, super::nodes::remove,
         super::checkpoints::create, super::checkpoints::list, super::checkpoints::restore,
         super::checkpoints::delete,
         super::runs::create, super::runs::list, super::runs::get, super::runs::cancel,

@@ -34,6 +34,10 @@ fn openapi_document_matches_the_snapshot() {
         "/api/v1/sandboxes",
         "/api/v1/sandboxes/{id}/exec",
         "/api/v1/sandboxes/{id}/files",
+        "/api/v1/sandboxes/{id}/ports/{port}/ws",
+        "/api/v1/sandboxes/{id}/terminal",
+        "/api/v1/nodes",
+        "/api/v1/nodes/{name}",
     ] {
         assert!(
             document["paths"].get(path).is_some(),

@@ -7,6 +7,7 @@ pub mod image;
 pub mod info;
 pub mod key;
 pub mod node;
+pub mod node_registry;
 pub mod run;
 pub mod sandbox;
 pub mod serve;
@@ -25,7 +26,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let global = cli.global;
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
-        Command::Node(args) => node::run(args).await,
+        Command::Node(args) => node::run(&global, args).await,
         Command::Run(args) => run::run(&global, args).await,
         Command::Sandbox(command) => sandbox::run(&global, command).await,
         Command::Shell(args) => shell::run(&global, args).await,

@@ -1,6 +1,6 @@
 //! `cthulu node`: runs a node, the VM Manager of this host (docs/node.md), until Ctrl-C
-//! or SIGTERM. Subcommands (`cthulu node add|ls|rm`, the platform's side) can be added
-//! to [`NodeCommand`]; given none, `cthulu node` runs the node.
+//! or SIGTERM. Its subcommands `cthulu node add|ls|rm` are the platform's side
+//! (`node_registry`); given none, `cthulu node` runs the node.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,14 +19,10 @@ const SHORT_TOKEN: usize = 16;
 #[command(args_conflicts_with_subcommands = true)]
 pub struct NodeArgs {
     #[command(subcommand)]
-    pub command: Option<NodeCommand>,
+    pub command: Option<super::node_registry::NodeCommand>,
     #[command(flatten)]
     pub run: RunNodeArgs,
 }
-
-/// What `cthulu node` does besides running a node.
-#[derive(Debug, clap::Subcommand)]
-pub enum NodeCommand {}
 
 #[derive(Debug, clap::Args)]
 pub struct RunNodeArgs {
@@ -66,9 +62,9 @@ fn node_home(home: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(user_home).join(".cthulu-node"))
 }
 
-pub async fn run(args: NodeArgs) -> anyhow::Result<u8> {
+pub async fn run(global: &crate::cli::GlobalArgs, args: NodeArgs) -> anyhow::Result<u8> {
     match args.command {
-        Some(command) => match command {},
+        Some(command) => super::node_registry::run(global, command).await,
         None => run_node(args.run).await,
     }
 }
@@ -107,7 +103,7 @@ async fn run_node(args: RunNodeArgs) -> anyhow::Result<u8> {
         max_vms: args.max_vms,
         public_host: args.public_host,
         web_port_base: args.web_port_base,
-        terminal_assets: terminal_assets,
+        terminal_assets,
     };
     let node = match Node::start(config.clone()).await {
         // Without --backend, qemu is only the first choice.
@@ -143,6 +139,15 @@ async fn run_node(args: RunNodeArgs) -> anyhow::Result<u8> {
         "stopped; the VMs keep running and a node started on the same home serves them again"
     );
     Ok(crate::exit::SUCCESS)
+}
+
+/// The node terminal page's files: xterm.js and its add-on, from the web UI's embedded
+/// assets (`vendor/…` only; the UI's own pages are not the node's to serve).
+fn terminal_assets(path: &str) -> Option<(&'static [u8], &'static str)> {
+    if !path.starts_with("vendor/") {
+        return None;
+    }
+    cthulu_web::asset(path).map(|asset| (asset.bytes, asset.content_type))
 }
 
 #[cfg(test)]
@@ -188,13 +193,4 @@ mod tests {
         assert_eq!(args.run.public_host.as_deref(), Some("vm.example"));
         assert_eq!(args.run.web_port_base, 8800);
     }
-}
-
-/// The node terminal page's files: xterm.js and its add-on, from the web UI's embedded
-/// assets (`vendor/…` only; the UI's own pages are not the node's to serve).
-fn terminal_assets(path: &str) -> Option<(&'static [u8], &'static str)> {
-    if !path.starts_with("vendor/") {
-        return None;
-    }
-    cthulu_web::asset(path).map(|asset| (asset.bytes, asset.content_type))
 }

@@ -5,6 +5,7 @@ mod auth;
 mod errors;
 mod files;
 mod images;
+mod nodes;
 mod processes;
 mod run;
 mod sandboxes;

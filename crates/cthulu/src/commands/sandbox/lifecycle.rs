@@ -57,6 +57,9 @@ pub struct CreateArgs {
     /// Start from another sandbox's memory checkpoint: SANDBOX/CHECKPOINT (qemu)
     #[arg(long, value_name = "SANDBOX/CHECKPOINT")]
     pub from_checkpoint: Option<String>,
+    /// Create it on this registered node (`cthulu node ls`); implies --backend remote
+    #[arg(long)]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -109,6 +112,7 @@ pub async fn create(client: &CthuluClient, json: bool, args: CreateArgs) -> anyh
         network: args.network,
         image: args.image,
         from_checkpoint: args.from_checkpoint,
+        node: args.node,
     };
     let sandbox = client
         .create_sandbox(&request)
