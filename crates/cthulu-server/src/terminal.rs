@@ -7,9 +7,9 @@
 //!
 //! Keys ([`TerminalKey::for_server`]): a server signs and verifies with its own random key
 //! (`$CTHULU_HOME/terminal.key`, mode 0600), except a node (a server started with a fixed
-//! node token), which verifies with a key derived from that token. The platform knows
-//! each node's token, derives the same key, and signs tokens for the node's sandbox id,
-//! so the browser connects straight to the node.
+//! token, `ServerConfig::access_token`), which verifies with a key derived from that
+//! token. The platform knows each node's token, derives the same key, and signs tokens for
+//! the node's sandbox id, so the browser connects straight to the node.
 
 use std::path::Path;
 
@@ -65,8 +65,9 @@ impl TerminalKey {
         TerminalKey(mac.finalize().into_bytes().to_vec())
     }
 
-    /// The key of this server: derived from its node token when it has one, its own
-    /// (made on first use) otherwise.
+    /// The key of this server: derived from its fixed token (`ServerConfig::access_token`,
+    /// a node's) when it has one, its own (made on first use) otherwise. The one place
+    /// that chooses.
     pub fn for_server(node_token: Option<&str>, home: &Path) -> std::io::Result<TerminalKey> {
         match node_token {
             Some(token) => Ok(TerminalKey::for_node_token(token)),
