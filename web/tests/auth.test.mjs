@@ -1,17 +1,18 @@
 // The web UI against a server with an API key, in headless Chromium:
 //
-//   node web/tests/auth.test.mjs <base url> <artifact dir> <key>
+//   node web/tests/auth.test.mjs <base url> <artifact dir> <key> <sandbox id>
 //
 // The page asks for a key; cancelled, it says it needs one and offers the dialog again;
 // a wrong key is refused and asked for again; the right one loads the page and is kept:
-// after a reload the page loads without asking.
+// after a reload the page loads without asking; the sandbox's terminal connects (its
+// WebSocket carries a terminal token, as browsers cannot send the key on one).
 
 import { join } from 'node:path';
 import { check, exitWith, step, withBrowser } from './browser.mjs';
 
-const [baseUrl, artifactDir, key] = process.argv.slice(2);
-if (!baseUrl || !artifactDir || !key) {
-  console.error('usage: node web/tests/auth.test.mjs <base url> <artifact dir> <key>');
+const [baseUrl, artifactDir, key, sandboxId] = process.argv.slice(2);
+if (!baseUrl || !artifactDir || !key || !sandboxId) {
+  console.error('usage: node web/tests/auth.test.mjs <base url> <artifact dir> <key> <sandbox id>');
   process.exit(2);
 }
 
@@ -51,6 +52,13 @@ async function session({ page }) {
   check(!(await page.$('dialog.confirm[open]')), 'the page asked for the key again after a reload');
   const stored = await page.evaluate(() => localStorage.getItem('cthulu.apiKey'));
   check(stored === key, 'the key is not the one kept in localStorage');
+
+  step('a terminal connects with a terminal token');
+  const opened = page.waitForEvent('websocket');
+  await page.goto(`${baseUrl}/#/sandboxes/${sandboxId}`);
+  const socketUrl = (await opened).url();
+  check(/[?&]token=/.test(socketUrl) && !socketUrl.includes(key), `the terminal opened ${socketUrl}`);
+  await page.waitForFunction(() => document.querySelector('#terminal-state')?.textContent === 'connected');
 }
 
 exitWith(withBrowser({ name: 'auth', baseUrl, artifactDir, expectedFailures: REFUSED }, session), 'web-ui auth');

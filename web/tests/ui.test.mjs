@@ -127,15 +127,19 @@ async function session({ context, page }) {
 
     step('the terminal opens the URL that POST …/terminal answers');
     const tokened = await context.newPage();
-    await tokened.route('**/api/v1/sandboxes/*/terminal', (route) => route.fulfill({
-      status: 200,
-      contentType: 'application/json',
-      body: JSON.stringify({ url: `/api/v1/sandboxes/${sandboxId}/exec/ws?token=from-the-route`, expires_at_ms: Date.now() + 60_000 }),
-    }));
+    // The real answer passes through; the page must open exactly the URL it names.
+    let answered = null;
+    await tokened.route('**/api/v1/sandboxes/*/terminal', async (route) => {
+      const response = await route.fetch();
+      const body = await response.json();
+      answered = body.url;
+      await route.fulfill({ response, json: body });
+    });
     const opened = tokened.waitForEvent('websocket');
     await tokened.goto(`${baseUrl}/#/sandboxes/${sandboxId}`);
     const socketUrl = (await opened).url();
-    check(socketUrl === `${baseUrl.replace(/^http/, 'ws')}/api/v1/sandboxes/${sandboxId}/exec/ws?token=from-the-route`, `the terminal opened ${socketUrl}`);
+    check(typeof answered === 'string' && answered.includes('token='), `POST …/terminal answered ${answered}`);
+    check(socketUrl === new URL(answered, baseUrl.replace(/^http/, 'ws')).href, `the terminal opened ${socketUrl}, the server answered ${answered}`);
     await tokened.waitForFunction(() => document.querySelector('#terminal-state')?.textContent === 'connected');
     await tokened.close();
 

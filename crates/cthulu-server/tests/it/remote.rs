@@ -71,7 +71,7 @@ async fn registering_checks_the_node_and_never_shows_its_token() {
     assert_eq!((status, code(&body)), (400, "bad_request"), "{body}");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("n1") && message.contains("invalid API key"),
+        message.contains("n1") && message.contains("invalid token"),
         "{body}"
     );
     assert_eq!(api.get("/api/v1/nodes").await.1["nodes"], json!([]));

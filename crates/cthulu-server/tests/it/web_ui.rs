@@ -337,5 +337,18 @@ async fn the_ui_asks_for_an_api_key_refuses_a_wrong_one_and_keeps_the_right_one(
     }
     let server = TestServer::start().await;
     let key = cthulu_server::create_api_key(server.home(), Some("browser")).unwrap();
-    run_browser_test("auth.test.mjs", server.url(), &artifacts(), &[&key]).await;
+    let api = crate::support::Api::new(&server).with_token(&key);
+    let (status, created) = api
+        .post("/api/v1/sandboxes", serde_json::json!({"backend": "host"}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let sandbox_id = created["id"].as_str().unwrap().to_owned();
+    run_browser_test(
+        "auth.test.mjs",
+        server.url(),
+        &artifacts(),
+        &[&key, &sandbox_id],
+    )
+    .await;
+    api.delete(&format!("/api/v1/sandboxes/{sandbox_id}")).await;
 }
