@@ -159,20 +159,28 @@ impl VmSandbox {
         Ok(client)
     }
 
+    /// The VMM's control session in `control`, connected first when there is none.
+    async fn monitor<'a>(
+        &self,
+        control: &'a mut Option<Monitor>,
+    ) -> Result<&'a mut Monitor, SandboxError> {
+        if control.is_none() {
+            let session = self
+                .hypervisor
+                .control(&self.vm())
+                .await
+                .map_err(vm_failure("reach the VM's monitor"))?;
+            *control = Some(session);
+        }
+        Ok(control.as_mut().expect("connected above"))
+    }
+
     /// Pauses (`run == false`) or continues the VM, connecting the control session
     /// (again) when needed.
     async fn set_running(&self, run: bool) -> Result<(), SandboxError> {
         let mut control = self.control.lock().await;
         for attempt in 0..2 {
-            if control.is_none() {
-                let session = self
-                    .hypervisor
-                    .control(&self.vm())
-                    .await
-                    .map_err(vm_failure("reach the VM's monitor"))?;
-                *control = Some(session);
-            }
-            let session = control.as_mut().expect("connected above");
+            let session = self.monitor(&mut control).await?;
             let result = if run {
                 self.hypervisor.cont(session).await
             } else {
@@ -588,15 +596,7 @@ impl SandboxHandle for VmSandbox {
             if request.memory {
                 let was_running = self.status() == SandboxStatus::Running;
                 let mut control = self.control.lock().await;
-                if control.is_none() {
-                    let session = self
-                        .hypervisor
-                        .control(&self.vm())
-                        .await
-                        .map_err(vm_failure("reach the VM's monitor"))?;
-                    *control = Some(session);
-                }
-                let session = control.as_mut().expect("connected above");
+                let session = self.monitor(&mut control).await?;
                 let vm = self.vm();
                 let mut saved = self
                     .hypervisor

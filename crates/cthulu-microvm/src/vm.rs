@@ -172,13 +172,7 @@ impl Hypervisor {
     ) -> Result<(), VmError> {
         match control {
             Monitor::Qmp(qmp) => {
-                qmp.execute(
-                    "migrate-set-capabilities",
-                    Some(
-                        json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]}),
-                    ),
-                )
-                .await?;
+                ignore_shared_memory(qmp).await?;
                 // The default bandwidth cap (about 128 MiB/s) would make a save take most
                 // of a second.
                 qmp.execute(
@@ -214,13 +208,7 @@ impl Hypervisor {
     ) -> Result<(), VmError> {
         match control {
             Monitor::Qmp(qmp) => {
-                qmp.execute(
-                    "migrate-set-capabilities",
-                    Some(
-                        json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]}),
-                    ),
-                )
-                .await?;
+                ignore_shared_memory(qmp).await?;
                 qmp.execute(
                     "migrate-incoming",
                     Some(json!({"uri": format!("file:{}", vmstate.display())})),
@@ -265,6 +253,17 @@ impl Hypervisor {
             let _ = qmp.execute("quit", None).await;
         }
     }
+}
+
+/// Leaves guest RAM that lives in a shared file (a template's) out of the migration stream:
+/// the file is the snapshot.
+async fn ignore_shared_memory(qmp: &mut Qmp) -> Result<(), VmError> {
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+    )
+    .await?;
+    Ok(())
 }
 
 fn api(vm: &Vm) -> firecracker::Api {
