@@ -142,6 +142,7 @@ async fn measure(
         creates.push(started.elapsed());
         let socket = &mut created.socket;
         if index == 0 {
+            settle(socket, Duration::from_millis(300)).await?;
             for key in (0..iterations).map(|step| b'a' + (step % 26) as u8) {
                 let sent = Instant::now();
                 send_input(socket, &[key]).await?;
@@ -170,18 +171,17 @@ async fn create_and_echo(
     token: &str,
     marker: &str,
 ) -> anyhow::Result<CreatedVm> {
-    let vm: serde_json::Value = http
+    let response = http
         .post(format!("{url}/vms"))
         .bearer_auth(token)
         .json(&serde_json::json!({"tier": "nano", "api_key": ""}))
         .send()
         .await
-        .context("POST /vms")?
-        .error_for_status()
-        .context("POST /vms")?
-        .json()
-        .await
-        .context("POST /vms answered no VM")?;
+        .context("POST /vms")?;
+    let status = response.status();
+    let body = response.text().await.context("POST /vms")?;
+    anyhow::ensure!(status.is_success(), "POST /vms answered {status}: {body}");
+    let vm: serde_json::Value = serde_json::from_str(&body).context("POST /vms answered no VM")?;
     let web_terminal = vm["web_terminal"]
         .as_str()
         .context("the VM has no web_terminal")?;
@@ -254,8 +254,9 @@ async fn wait_for(socket: &mut Socket, needle: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Reads output frames until one is exactly `expected` (a line editor echoes a key
-/// typed at the end of the line alone; the prompt's frames never match).
+/// Reads output frames until one ends with `expected`: a line editor echoes a key typed
+/// at the end of the line alone, or right after what it was still writing (busybox's
+/// shell asks for the cursor position after its prompt).
 async fn wait_for_frame(socket: &mut Socket, expected: &[u8]) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + ECHO_TIMEOUT;
     loop {
@@ -264,18 +265,25 @@ async fn wait_for_frame(socket: &mut Socket, expected: &[u8]) -> anyhow::Result<
             .with_context(|| format!("no echo of {expected:?} within {ECHO_TIMEOUT:?}"))?;
         match message {
             Some(Ok(Message::Binary(data))) if data.first() == Some(&b'0') => {
-                if &data[1..] == expected {
+                if data[1..].ends_with(expected) {
                     return Ok(());
                 }
-                eprintln!(
-                    "DEBUG frame {:?} at {:?}",
-                    String::from_utf8_lossy(&data[1..]),
-                    std::time::Instant::now()
-                );
             }
             Some(Ok(_)) => {}
             Some(Err(error)) => return Err(error).context("the terminal's socket failed"),
             None => anyhow::bail!("the terminal closed before the echo"),
+        }
+    }
+}
+
+/// Reads output until the terminal has been quiet for `quiet` (the prompt is written).
+async fn settle(socket: &mut Socket, quiet: Duration) -> anyhow::Result<()> {
+    loop {
+        match tokio::time::timeout(quiet, socket.next()).await {
+            Err(_) => return Ok(()),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(error))) => return Err(error).context("the terminal's socket failed"),
+            Ok(None) => anyhow::bail!("the terminal closed"),
         }
     }
 }
@@ -299,18 +307,19 @@ async fn wait_for_any_output(socket: &mut Socket) -> anyhow::Result<()> {
     }
 }
 
-/// A base port whose next `count` ports are free now.
+/// A base port whose next `count` ports are free now, below the kernel's ephemeral range
+/// (32768 and up by default), where outgoing connections would take them meanwhile.
 fn free_port_range(count: u32) -> anyhow::Result<u16> {
-    for _ in 0..100 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let base = probe.local_addr()?.port();
-        drop(probe);
-        let Some(end) = base.checked_add(count as u16) else {
-            continue;
-        };
-        if (base..end).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()) {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let count = u16::try_from(count).context("too many VMs")?;
+    for attempt in 0..200u64 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(attempt);
+        let base = 20_000 + (hasher.finish() % 12_000) as u16;
+        if (base..base + count).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        {
             return Ok(base);
         }
     }
-    anyhow::bail!("no {count} free ports in a row on 127.0.0.1")
+    anyhow::bail!("no {count} free ports in a row on 127.0.0.1 between 20000 and 32768")
 }
