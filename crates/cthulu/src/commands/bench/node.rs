@@ -64,6 +64,7 @@ pub async fn run(global: &GlobalArgs, args: &BenchArgs, vms: u32) -> anyhow::Res
         public_host: None,
         web_port_base: free_port_range(vms)?,
         terminal_assets: cthulu_node::no_assets,
+        ssh: None,
     };
     let node = cthulu_node::Node::start(config)
         .await

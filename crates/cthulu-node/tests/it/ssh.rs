@@ -1,0 +1,346 @@
+//! The VMs' SSH, driven by the real OpenSSH client: exec and PTY sessions, the api_key,
+//! keys re-read at each login, what is refused (unknown keys, passwords, subsystems),
+//! bad clients (garbage, silent connections), restarts and deletes.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::json;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::support::{Options, TestNode};
+
+/// A key pair made by `ssh-keygen`; `None` after a SKIP line without OpenSSH.
+struct KeyPair {
+    private: PathBuf,
+    public: String,
+}
+
+fn openssh_missing() -> Option<String> {
+    ["/usr/bin/ssh", "/usr/bin/ssh-keygen"]
+        .iter()
+        .find(|tool| !Path::new(tool).exists())
+        .map(|tool| format!("{tool} is not installed"))
+}
+
+fn key_pair(dir: &Path, name: &str) -> KeyPair {
+    let private = dir.join(name);
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&private)
+        .status()
+        .expect("ssh-keygen runs");
+    assert!(status.success());
+    let public = std::fs::read_to_string(private.with_extension("pub")).unwrap();
+    KeyPair { private, public }
+}
+
+/// `ssh` with no user config, no agent and no prompts. `arguments`: options, then the
+/// destination (the first with an `@`) and the command; the options come first because
+/// ssh keeps the first value it is given for each.
+async fn ssh(port: u16, key: &Path, arguments: &[&str], stdin: &[u8]) -> Output {
+    let split = arguments
+        .iter()
+        .position(|argument| argument.contains('@'))
+        .expect("a destination");
+    let (options, destination) = arguments.split_at(split);
+    let mut command = tokio::process::Command::new("ssh");
+    command
+        .args(options)
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .args(["-o", "IdentityAgent=none", "-o", "ConnectTimeout=20"])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "LogLevel=ERROR", "-i"])
+        .arg(key)
+        .args(["-p", &port.to_string()])
+        .args(destination)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("ssh runs");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).await.unwrap();
+    drop(input);
+    tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("ssh ends")
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+struct SshNode {
+    node: TestNode,
+    keys: TempDir,
+    alice: KeyPair,
+    mallory: KeyPair,
+}
+
+async fn ssh_node() -> Option<SshNode> {
+    if let Some(reason) = openssh_missing() {
+        cthulu_core::conformance::report_skip(&format!("SKIP ssh: {reason}"));
+        return None;
+    }
+    let node = TestNode::start(Options {
+        ssh: true,
+        ..Options::default()
+    })
+    .await?;
+    let keys = tempfile::tempdir().unwrap();
+    let alice = key_pair(keys.path(), "alice");
+    let mallory = key_pair(keys.path(), "mallory");
+    std::fs::write(
+        node.home().join("authorized_keys"),
+        format!("# the operator's keys\n{}", alice.public),
+    )
+    .unwrap();
+    Some(SshNode {
+        node,
+        keys,
+        alice,
+        mallory,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_keys_run_commands_and_shells_in_the_vm() {
+    let Some(SshNode {
+        node,
+        keys: _keys,
+        alice,
+        mallory,
+    }) = ssh_node().await
+    else {
+        return;
+    };
+    let (_, health) = node.api.get("/health").await;
+    assert_eq!(health["ssh"], true, "{health}");
+    let (status, vm) = node
+        .api
+        .post("/vms", json!({"tier": "nano", "api_key": "k-ssh-7"}))
+        .await;
+    assert_eq!(status, 200, "{vm}");
+    let port = node.ssh_port_base().unwrap();
+    assert_eq!(vm["ssh_port"], port);
+    assert_eq!(vm["ssh_command"], format!("ssh -p {port} root@127.0.0.1"));
+    let key = &alice.private;
+
+    let exec = ssh(port, key, &["root@127.0.0.1", "echo hi; exit 3"], b"").await;
+    assert_eq!(text(&exec.stdout), "hi\n", "{}", text(&exec.stderr));
+    assert_eq!(exec.status.code(), Some(3));
+
+    let env = ssh(
+        port,
+        key,
+        &["root@127.0.0.1", "echo $ANTHROPIC_API_KEY"],
+        b"",
+    )
+    .await;
+    assert_eq!(text(&env.stdout), "k-ssh-7\n", "{}", text(&env.stderr));
+
+    // Input reaches the command; its EOF ends it.
+    let cat = ssh(port, key, &["root@127.0.0.1", "wc -c"], b"12345").await;
+    assert_eq!(text(&cat.stdout).trim(), "5");
+
+    let pty_exec = ssh(port, key, &["-tt", "root@127.0.0.1", "tty; exit 4"], b"").await;
+    assert!(text(&pty_exec.stdout).contains("/dev/"), "{pty_exec:?}");
+    assert_eq!(pty_exec.status.code(), Some(4));
+
+    let shell = ssh(
+        port,
+        key,
+        &["-tt", "root@127.0.0.1"],
+        b"echo hel''lo\nexit 5\n",
+    )
+    .await;
+    assert!(text(&shell.stdout).contains("hello"), "{shell:?}");
+    assert_eq!(shell.status.code(), Some(5));
+
+    // The user name is not a credential: another name gets the same sandbox.
+    let other_user = ssh(port, key, &["someone@127.0.0.1", "echo ok"], b"").await;
+    assert_eq!(text(&other_user.stdout), "ok\n");
+
+    // Refused: a key not in the file, a password, sftp.
+    let unknown = ssh(port, &mallory.private, &["root@127.0.0.1", "echo in"], b"").await;
+    assert_eq!(unknown.status.code(), Some(255));
+    assert!(unknown.stdout.is_empty());
+    assert!(
+        text(&unknown.stderr).contains("Permission denied"),
+        "{unknown:?}"
+    );
+    let password = ssh(
+        port,
+        key,
+        &[
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+            "-o",
+            "PubkeyAuthentication=no",
+            "root@127.0.0.1",
+            "echo in",
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(password.status.code(), Some(255));
+    assert!(password.stdout.is_empty());
+    assert!(
+        text(&password.stderr).contains("Permission denied"),
+        "{password:?}"
+    );
+    let sftp = ssh(port, key, &["-s", "root@127.0.0.1", "sftp"], b"").await;
+    assert_ne!(sftp.status.code(), Some(0), "{sftp:?}");
+    assert!(
+        text(&sftp.stderr).contains("subsystem request failed"),
+        "{sftp:?}"
+    );
+
+    // A key added to the file works at once, without a restart.
+    let file = node.home().join("authorized_keys");
+    let mut contents = std::fs::read_to_string(&file).unwrap();
+    contents.push_str(&mallory.public);
+    std::fs::write(&file, contents).unwrap();
+    let added = ssh(
+        port,
+        &mallory.private,
+        &["root@127.0.0.1", "echo added"],
+        b"",
+    )
+    .await;
+    assert_eq!(text(&added.stdout), "added\n", "{added:?}");
+
+    // Garbage on the port gets no shell, and leaves the listener serving.
+    let mut garbage = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff\xfe")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        garbage.read_to_end(&mut reply),
+    )
+    .await
+    .expect("a connection sending garbage is closed");
+    assert!(text(&reply).starts_with("SSH-2.0-"), "{reply:?}");
+    // Silent connections hold a slot each, yet a real client still gets in.
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    let still = ssh(port, key, &["root@127.0.0.1", "echo still"], b"").await;
+    assert_eq!(text(&still.stdout), "still\n", "{still:?}");
+    drop(silent);
+
+    // DELETE frees the port.
+    let (status, _) = node.api.delete("/vms/0").await;
+    assert_eq!(status, 200);
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the ssh port is free");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_keeps_its_port_and_host_key_across_a_restart() {
+    let Some(SshNode {
+        node,
+        keys,
+        alice,
+        mallory: _,
+    }) = ssh_node().await
+    else {
+        return;
+    };
+    let (status, vm) = node.api.post("/vms", json!({"tier": "nano"})).await;
+    assert_eq!(status, 200, "{vm}");
+    let port = node.ssh_port_base().unwrap();
+    let known_hosts = keys.path().join("known_hosts");
+    let known = format!("UserKnownHostsFile={}", known_hosts.display());
+    let first = ssh(
+        port,
+        &alice.private,
+        &[
+            "-o",
+            &known,
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "root@127.0.0.1",
+            "echo one",
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(text(&first.stdout), "one\n", "{first:?}");
+    assert!(std::fs::read_to_string(&known_hosts)
+        .unwrap()
+        .contains("ssh-ed25519"));
+
+    let node = node.restart().await;
+    let (_, after) = node.api.get("/vms/0").await;
+    assert_eq!(after["ssh_port"], port, "{after}");
+    // StrictHostKeyChecking=yes: a changed host key would fail this.
+    let again = ssh(
+        port,
+        &alice.private,
+        &[
+            "-o",
+            &known,
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "root@127.0.0.1",
+            "echo two",
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(text(&again.stdout), "two\n", "{again:?}");
+    let (status, _) = node.api.delete("/vms/0").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_squatted_ssh_port_fails_the_create_cleanly() {
+    let Some(SshNode { node, .. }) = ssh_node().await else {
+        return;
+    };
+    let port = node.ssh_port_base().unwrap();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let (status, body) = node.api.post("/vms", json!({"tier": "nano"})).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ssh port"),
+        "{body}"
+    );
+    let (_, list) = node.api.get("/vms").await;
+    assert_eq!(list["count"], 0, "nothing half-created: {list}");
+    std::net::TcpListener::bind(("127.0.0.1", node.web_port_base()))
+        .expect("the web port was given back");
+    drop(squatter);
+    let (status, vm) = node.api.post("/vms", json!({"tier": "nano"})).await;
+    assert_eq!(status, 200, "{vm}");
+    let (status, _) = node.api.delete("/vms/0").await;
+    assert_eq!(status, 200);
+}
