@@ -7,7 +7,7 @@
 //!   the VM's sandbox; forwarding, agent, X11, subsystems and most env are refused.
 //!
 //! Connections are bounded per VM ([`MAX_CONNECTIONS`]), and one that has not logged in
-//! within [`LOGIN_TIMEOUT`] is dropped, so silent or slow clients hold nothing for long.
+//! within [`LOGIN_TIMEOUT`] (from connect) is dropped, so silent or slow clients hold nothing for long.
 
 pub mod keys;
 pub mod session;
@@ -27,7 +27,8 @@ use tokio::sync::{watch, Semaphore};
 pub const DEFAULT_SSH_PORT_BASE: u16 = 2222;
 /// Connections one VM's listener serves at once; more wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 16;
-/// From connect to a successful login (version exchange, key exchange, auth).
+/// From connect to a successful login (version exchange, key exchange, auth), unless
+/// [`SshConfig::login_timeout`] says otherwise.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A client silent this long is asked whether it is alive; after 3 unanswered asks, it
 /// is dropped (an idle but live shell stays).
@@ -41,6 +42,8 @@ pub struct SshConfig {
     pub port_base: u16,
     /// `None`: `<home>/authorized_keys`.
     pub authorized_keys: Option<PathBuf>,
+    /// A connection not logged in by then is dropped.
+    pub login_timeout: Duration,
 }
 
 impl Default for SshConfig {
@@ -48,6 +51,7 @@ impl Default for SshConfig {
         SshConfig {
             port_base: DEFAULT_SSH_PORT_BASE,
             authorized_keys: None,
+            login_timeout: LOGIN_TIMEOUT,
         }
     }
 }
@@ -57,6 +61,7 @@ impl Default for SshConfig {
 pub struct SshService {
     pub port_base: u16,
     pub authorized_keys: PathBuf,
+    login_timeout: Duration,
     config: Arc<russh::server::Config>,
 }
 
@@ -91,6 +96,7 @@ impl SshService {
         SshService {
             port_base,
             authorized_keys,
+            login_timeout: LOGIN_TIMEOUT,
             config: Arc::new(config),
         }
     }
@@ -103,7 +109,8 @@ impl SshService {
             .authorized_keys
             .clone()
             .unwrap_or_else(|| home.join(keys::AUTHORIZED_KEYS_FILE));
-        let service = SshService::new(host_key, config.port_base, authorized_keys);
+        let mut service = SshService::new(host_key, config.port_base, authorized_keys);
+        service.login_timeout = config.login_timeout;
         tracing::info!(
             host_key = %service.host_key_fingerprint(),
             authorized_keys = %service.authorized_keys.display(),
@@ -162,7 +169,10 @@ impl SshServer {
         let (stop, stopping) = watch::channel(());
         let task = tokio::spawn(accept_loop(
             listener,
-            service.config.clone(),
+            Limits {
+                config: service.config.clone(),
+                login_timeout: service.login_timeout,
+            },
             Arc::new(context),
             stopping,
         ));
@@ -195,9 +205,16 @@ impl Drop for SshServer {
     }
 }
 
+/// What every connection of a listener is held to.
+#[derive(Clone)]
+struct Limits {
+    config: Arc<russh::server::Config>,
+    login_timeout: Duration,
+}
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    config: Arc<russh::server::Config>,
+    limits: Limits,
     context: Arc<SshContext>,
     mut stopping: watch::Receiver<()>,
 ) {
@@ -224,11 +241,11 @@ async fn accept_loop(
                 }
             },
         };
-        let config = config.clone();
+        let limits = limits.clone();
         let context = context.clone();
         let stopping = stopping.clone();
         tokio::spawn(async move {
-            serve_connection(socket, peer, config, context, stopping).await;
+            serve_connection(socket, peer, limits, context, stopping).await;
             drop(slot);
         });
     }
@@ -238,18 +255,20 @@ async fn accept_loop(
 async fn serve_connection(
     socket: tokio::net::TcpStream,
     peer: SocketAddr,
-    config: Arc<russh::server::Config>,
+    limits: Limits,
     context: Arc<SshContext>,
     mut stopping: watch::Receiver<()>,
 ) {
+    let connected = tokio::time::Instant::now();
     let vm_id = context.vm_id;
     let authenticated = Arc::new(AtomicBool::new(false));
     let handler =
         session::Connection::new(context, Some(peer), authenticated.clone(), stopping.clone());
     // The version exchange happens in here: a client that says nothing is cut off.
+    let login_timeout = limits.login_timeout;
     let running = match tokio::time::timeout(
-        LOGIN_TIMEOUT,
-        russh::server::run_stream(config, socket, handler),
+        login_timeout,
+        russh::server::run_stream(limits.config, socket, handler),
     )
     .await
     {
@@ -259,12 +278,13 @@ async fn serve_connection(
             return;
         }
         Err(_) => {
-            tracing::info!(vm_id, %peer, "ssh connection dropped: nothing sent within {LOGIN_TIMEOUT:?}");
+            tracing::info!(vm_id, %peer, "ssh connection dropped: nothing sent within {login_timeout:?}");
             return;
         }
     };
     let handle = running.handle();
-    let deadline = tokio::time::sleep(LOGIN_TIMEOUT);
+    // The deadline counts from connect, so it covers the version exchange too.
+    let deadline = tokio::time::sleep_until(connected + login_timeout);
     tokio::pin!(running);
     tokio::pin!(deadline);
     let mut deadline_armed = true;
@@ -280,7 +300,7 @@ async fn serve_connection(
                 if authenticated.load(Ordering::SeqCst) {
                     deadline_armed = false;
                 } else {
-                    tracing::info!(vm_id, %peer, "ssh connection dropped: no login within {LOGIN_TIMEOUT:?}");
+                    tracing::info!(vm_id, %peer, "ssh connection dropped: no login within {login_timeout:?}");
                     let _ = handle
                         .disconnect(russh::Disconnect::ByApplication, "login timed out".into(), "en".into())
                         .await;

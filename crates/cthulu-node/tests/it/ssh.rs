@@ -211,6 +211,46 @@ async fn registered_keys_run_commands_and_shells_in_the_vm() {
         "{sftp:?}"
     );
 
+    // Forwarding is refused (the client gives up at once with ExitOnForwardFailure), and
+    // only TERM and LANG of the client's env pass.
+    let forward = ssh(
+        port,
+        key,
+        &[
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            "0:127.0.0.1:9",
+            "root@127.0.0.1",
+            "echo forwarded",
+        ],
+        b"",
+    )
+    .await;
+    assert_ne!(forward.status.code(), Some(0), "{forward:?}");
+    assert!(
+        text(&forward.stderr).contains("forwarding failed"),
+        "{forward:?}"
+    );
+    let env = ssh(
+        port,
+        key,
+        &[
+            "-o",
+            "SetEnv=LD_PRELOAD=/x LANG=C.UTF-8",
+            "root@127.0.0.1",
+            "echo \"[$LD_PRELOAD][$LANG]\"",
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(text(&env.stdout), "[][C.UTF-8]\n", "{env:?}");
+
+    // Megabytes both ways: flow control holds.
+    let big = vec![b'x'; 4 * 1024 * 1024];
+    let echoed = ssh(port, key, &["root@127.0.0.1", "cat"], &big).await;
+    assert_eq!(echoed.stdout.len(), big.len(), "{}", text(&echoed.stderr));
+
     // A key added to the file works at once, without a restart.
     let file = node.home().join("authorized_keys");
     let mut contents = std::fs::read_to_string(&file).unwrap();
@@ -252,7 +292,17 @@ async fn registered_keys_run_commands_and_shells_in_the_vm() {
     }
     let still = ssh(port, key, &["root@127.0.0.1", "echo still"], b"").await;
     assert_eq!(text(&still.stdout), "still\n", "{still:?}");
-    drop(silent);
+    // Past the login timeout (2 s in these tests), the node closes them.
+    for mut connection in silent {
+        let mut rest = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            connection.read_to_end(&mut rest),
+        )
+        .await
+        .expect("a silent connection is closed")
+        .ok();
+    }
 
     // DELETE frees the port.
     let (status, _) = node.api.delete("/vms/0").await;

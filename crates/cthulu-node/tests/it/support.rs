@@ -121,6 +121,8 @@ impl TestNode {
                 cthulu_node::ssh::SshConfig {
                     port_base,
                     authorized_keys: None,
+                    // Short, so the silent-client test sees it end.
+                    login_timeout: std::time::Duration::from_secs(2),
                 }
             }),
         };

@@ -117,6 +117,7 @@ async fn run_node(args: RunNodeArgs) -> anyhow::Result<u8> {
         ssh: (!args.no_ssh).then_some(cthulu_node::ssh::SshConfig {
             port_base: args.ssh_port_base,
             authorized_keys: args.ssh_authorized_keys,
+            ..cthulu_node::ssh::SshConfig::default()
         }),
     };
     let node = match Node::start(config.clone()).await {
