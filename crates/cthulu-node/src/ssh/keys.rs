@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::ssh_key::{HashAlg, LineEnding};
-use russh::keys::{PrivateKey, PublicKey};
+use russh::keys::{Algorithm, PrivateKey, PublicKey};
 
 /// The host key's file in the node's home.
 pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
@@ -119,7 +119,19 @@ pub fn parse_authorized_line(line: &str) -> AuthorizedLine {
         return AuthorizedLine::WithOptions;
     }
     match PublicKey::from_openssh(line) {
-        Ok(key) => AuthorizedLine::Key(Box::new(key)),
+        // What this server can verify signatures of (it is built without RSA).
+        Ok(key)
+            if matches!(
+                key.algorithm(),
+                Algorithm::Ed25519 | Algorithm::Ecdsa { .. }
+            ) =>
+        {
+            AuthorizedLine::Key(Box::new(key))
+        }
+        Ok(key) => AuthorizedLine::Invalid(format!(
+            "{} keys are not accepted: use ed25519 (ssh-keygen -t ed25519) or ECDSA",
+            key.algorithm()
+        )),
         Err(error) => AuthorizedLine::Invalid(error.to_string()),
     }
 }
@@ -167,7 +179,7 @@ pub fn check_authorized_keys(path: &Path) {
                 path = %path.display(),
                 line = index + 1,
                 %reason,
-                "not an ed25519 or ECDSA public key: ignored"
+                "this line is not an ed25519 or ECDSA public key: ignored"
             ),
             AuthorizedLine::Nothing | AuthorizedLine::Key(_) => {}
         }
@@ -183,6 +195,22 @@ mod tests {
         PrivateKey::from(Ed25519Keypair::from_seed(&[seed; 32]))
             .public_key()
             .clone()
+    }
+
+    /// The SSH wire form of an RSA public key (e = 65537, a 2048-bit n), in base64.
+    fn rsa_public_key_base64() -> String {
+        use base64::Engine as _;
+        let mut blob = Vec::new();
+        let mut field = |bytes: &[u8]| {
+            blob.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            blob.extend_from_slice(bytes);
+        };
+        field(b"ssh-rsa");
+        field(&[0x01, 0x00, 0x01]);
+        let mut modulus = vec![0x00];
+        modulus.extend_from_slice(&[0xc5; 256]);
+        field(&modulus);
+        base64::engine::general_purpose::STANDARD.encode(blob)
     }
 
     #[test]
@@ -206,6 +234,12 @@ mod tests {
             parse_authorized_line("ssh-ed25519 not-base64"),
             AuthorizedLine::Invalid(_)
         ));
+        // A well-formed RSA key is refused by name, not silently kept.
+        let rsa = format!("ssh-rsa {} rsa", rsa_public_key_base64());
+        match parse_authorized_line(&rsa) {
+            AuthorizedLine::Invalid(reason) => assert!(reason.contains("not accepted"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

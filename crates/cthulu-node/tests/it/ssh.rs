@@ -24,10 +24,10 @@ fn openssh_missing() -> Option<String> {
         .map(|tool| format!("{tool} is not installed"))
 }
 
-fn key_pair(dir: &Path, name: &str) -> KeyPair {
+fn key_pair(dir: &Path, name: &str, key_type: &str) -> KeyPair {
     let private = dir.join(name);
     let status = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .args(["-q", "-t", key_type, "-N", "", "-C", name, "-f"])
         .arg(&private)
         .status()
         .expect("ssh-keygen runs");
@@ -103,8 +103,9 @@ async fn ssh_node() -> Option<SshNode> {
     })
     .await?;
     let keys = tempfile::tempdir().unwrap();
-    let alice = key_pair(keys.path(), "alice");
-    let mallory = key_pair(keys.path(), "mallory");
+    let alice = key_pair(keys.path(), "alice", "ed25519");
+    // ECDSA, so that kind is seen working too once it is added.
+    let mallory = key_pair(keys.path(), "mallory", "ecdsa");
     std::fs::write(
         node.home().join("authorized_keys"),
         format!("# the operator's keys\n{}", alice.public),
