@@ -159,8 +159,21 @@ async fn registered_keys_run_commands_and_shells_in_the_vm() {
     let cat = ssh(port, key, &["root@127.0.0.1", "wc -c"], b"12345").await;
     assert_eq!(text(&cat.stdout).trim(), "5");
 
-    let pty_exec = ssh(port, key, &["-tt", "root@127.0.0.1", "tty; exit 4"], b"").await;
-    assert!(text(&pty_exec.stdout).contains("/dev/"), "{pty_exec:?}");
+    let pty_exec = ssh(
+        port,
+        key,
+        &[
+            "-tt",
+            "root@127.0.0.1",
+            "tty; stty size; echo $TERM; exit 4",
+        ],
+        b"",
+    )
+    .await;
+    let pty_output = text(&pty_exec.stdout);
+    assert!(pty_output.contains("/dev/"), "{pty_exec:?}");
+    // This client has no terminal of its own, so it asks for no size: 80×24 it is.
+    assert!(pty_output.contains("24 80"), "{pty_exec:?}");
     assert_eq!(pty_exec.status.code(), Some(4));
 
     let shell = ssh(
