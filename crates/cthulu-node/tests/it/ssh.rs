@@ -408,3 +408,87 @@ async fn a_squatted_ssh_port_fails_the_create_cleanly() {
     let (status, _) = node.api.delete("/vms/0").await;
     assert_eq!(status, 200);
 }
+
+/// Runs `ssh` under a terminal of its own (Python's `pty`), resizes that terminal twice
+/// and waits, each time, for `stty size` in the VM to show the new size: the client's
+/// window-change requests reach the shell's PTY.
+const RESIZE_DRIVER: &str = r#"
+import fcntl, os, pty, select, struct, sys, termios, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv("/usr/bin/ssh", ["ssh"] + sys.argv[1:])
+seen = b""
+def size_shows(rows, cols):
+    global seen
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    want = b"%d %d" % (rows, cols)
+    for _ in range(40):
+        os.write(fd, b"stty size\n")
+        end = time.time() + 0.5
+        while time.time() < end:
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:
+                    return False
+                seen += data
+                if want in seen:
+                    seen = b""
+                    return True
+    return False
+ok = size_shows(30, 100) and size_shows(41, 132)
+os.write(fd, b"exit\n")
+os.waitpid(pid, 0)
+sys.stdout.write("resized" if ok else "not resized: %r" % seen[-400:])
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_changes_resize_the_shell() {
+    if !Path::new("/usr/bin/python3").exists() {
+        cthulu_core::conformance::report_skip("SKIP ssh resize: /usr/bin/python3 is missing");
+        return;
+    }
+    let Some(SshNode {
+        node,
+        keys: _keys,
+        alice,
+        mallory: _,
+    }) = ssh_node().await
+    else {
+        return;
+    };
+    let (status, vm) = node.api.post("/vms", json!({"tier": "nano"})).await;
+    assert_eq!(status, 200, "{vm}");
+    let port = node.ssh_port_base().unwrap().to_string();
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        tokio::process::Command::new("/usr/bin/python3")
+            .args(["-c", RESIZE_DRIVER])
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+            ])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "LogLevel=ERROR", "-i"])
+            .arg(&alice.private)
+            .args(["-p", &port, "root@127.0.0.1"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the driver ends")
+    .unwrap();
+    assert_eq!(text(&output.stdout), "resized", "{output:?}");
+    let (status, _) = node.api.delete("/vms/0").await;
+    assert_eq!(status, 200);
+}
