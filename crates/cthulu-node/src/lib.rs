@@ -8,11 +8,13 @@
 //!   SQLite table ([`table::VmTable`]: small vm ids, ports, terminal secrets) and a
 //!   terminal listener, and finds them all again after a restart.
 //! - [`terminal`] serves each VM's ttyd-compatible web terminal on its own port.
+//! - [`ssh`] serves each VM's SSH (public keys only) on its own port.
 //! - [`Tier`]: the VM sizes.
 
 pub mod manager;
 pub mod node;
 pub mod routes;
+pub mod ssh;
 pub mod table;
 pub mod terminal;
 pub mod tier;

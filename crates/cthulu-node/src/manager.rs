@@ -18,6 +18,7 @@ use cthulu_types::{
     BackendKind, CreateSandboxRequest, ErrorCode, NetworkMode, SandboxId, SandboxStatus,
 };
 
+use crate::ssh::{SshContext, SshServer, SshService};
 use crate::table::{TableError, VmRecord, VmTable};
 use crate::terminal::{TerminalAssets, TerminalContext, TerminalServer};
 use crate::tier::Tier;
@@ -29,8 +30,9 @@ pub const VM_ID_LABEL: &str = "cthulu.node.vm_id";
 pub const API_KEY_VARIABLE: &str = "ANTHROPIC_API_KEY";
 /// The longest `api_key` accepted (keys and OAuth tokens are a few hundred bytes).
 pub const MAX_API_KEY: usize = 16 * 1024;
-/// What `ssh_command` says until the node serves SSH: a shell comment, harmless if run.
-pub const SSH_UNAVAILABLE: &str = "# ssh is not served by this node yet; use web_terminal";
+/// What `ssh_command` says when the node serves no SSH: a shell comment, harmless if run.
+pub const SSH_UNAVAILABLE: &str =
+    "# ssh is off on this node (started with --no-ssh); use web_terminal";
 
 /// How VMs are made and shown.
 #[derive(Debug, Clone)]
@@ -42,6 +44,8 @@ pub struct VmSettings {
     /// The host put in `web_terminal` URLs.
     pub public_host: String,
     pub web_port_base: u16,
+    /// `None`: the node serves no SSH.
+    pub ssh: Option<SshService>,
 }
 
 pub struct VmManager {
@@ -50,6 +54,7 @@ pub struct VmManager {
     settings: VmSettings,
     assets: TerminalAssets,
     terminals: Mutex<HashMap<u32, TerminalServer>>,
+    ssh_servers: Mutex<HashMap<u32, SshServer>>,
 }
 
 fn table_failure(error: TableError) -> ApiFailure {
@@ -74,6 +79,7 @@ impl VmManager {
             settings,
             assets,
             terminals: Mutex::new(HashMap::new()),
+            ssh_servers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -83,6 +89,12 @@ impl VmManager {
 
     fn terminals(&self) -> std::sync::MutexGuard<'_, HashMap<u32, TerminalServer>> {
         self.terminals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn ssh_servers(&self) -> std::sync::MutexGuard<'_, HashMap<u32, SshServer>> {
+        self.ssh_servers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -149,6 +161,7 @@ impl VmManager {
                 )
                 .with_hint("another program holds that port: stop it or start the node with another --web-port-base")
             })?;
+        let ssh_listener = self.bind_ssh(record.vm_id).await?;
         let sandbox = self
             .app
             .create(&sandbox_request(&self.settings, record, api_key))
@@ -160,9 +173,55 @@ impl VmManager {
             return Err(table_failure(error));
         }
         record.sandbox_id = Some(sandbox.id.clone());
+        if let Some(ssh_listener) = ssh_listener {
+            self.start_ssh(ssh_listener, record.vm_id, sandbox.id.clone());
+        }
         self.start_terminal(listener, record, sandbox.id);
         tracing::info!(vm_id = record.vm_id, tier = %record.tier, web_port = record.web_port, "vm created");
         Ok(self.describe(record))
+    }
+
+    /// The VM's SSH listener, `None` when the node serves no SSH.
+    async fn bind_ssh(&self, vm_id: u32) -> ApiResult<Option<tokio::net::TcpListener>> {
+        let Some(ssh) = &self.settings.ssh else {
+            return Ok(None);
+        };
+        let port = ssh.port(vm_id).ok_or_else(|| {
+            ApiFailure::new(
+                ErrorCode::BackendUnavailable,
+                format!(
+                    "no ssh port left: {} + vm id {vm_id} is past 65535",
+                    ssh.port_base
+                ),
+            )
+            .with_hint("start the node with a lower --ssh-port-base")
+        })?;
+        let address = SocketAddr::new(self.settings.listen_ip, port);
+        let listener = tokio::net::TcpListener::bind(address).await.map_err(|error| {
+            ApiFailure::new(
+                ErrorCode::BackendUnavailable,
+                format!("cannot listen on ssh port {address} for vm {vm_id}: {error}"),
+            )
+            .with_hint("another program holds that port: stop it or start the node with another --ssh-port-base")
+        })?;
+        Ok(Some(listener))
+    }
+
+    fn start_ssh(&self, listener: tokio::net::TcpListener, vm_id: u32, sandbox_id: SandboxId) {
+        let Some(ssh) = &self.settings.ssh else {
+            return;
+        };
+        let server = SshServer::serve(
+            listener,
+            ssh,
+            SshContext {
+                vm_id,
+                sandbox_id,
+                app: self.app.clone(),
+                authorized_keys: ssh.authorized_keys.clone(),
+            },
+        );
+        self.ssh_servers().insert(vm_id, server);
     }
 
     fn start_terminal(
@@ -187,6 +246,11 @@ impl VmManager {
 
     /// The VM as the earlier API shows it.
     fn describe(&self, record: &VmRecord) -> VmResponse {
+        let ssh_port = self
+            .settings
+            .ssh
+            .as_ref()
+            .and_then(|ssh| ssh.port(record.vm_id));
         let handle = record
             .sandbox_id
             .as_ref()
@@ -199,8 +263,11 @@ impl VmManager {
                 .and_then(|handle| handle.guest_address())
                 .map(|address| address.to_string())
                 .unwrap_or_default(),
-            ssh_port: 0,
-            ssh_command: SSH_UNAVAILABLE.to_owned(),
+            ssh_port: ssh_port.unwrap_or(0),
+            ssh_command: match ssh_port {
+                Some(port) => crate::ssh::ssh_command(&self.settings.public_host, port),
+                None => SSH_UNAVAILABLE.to_owned(),
+            },
             web_port: record.web_port,
             web_terminal: terminal_url(
                 &self.settings.public_host,
@@ -236,11 +303,16 @@ impl VmManager {
         Ok(live)
     }
 
-    /// Stops the VM's terminal (its port is free when this returns) and forgets it.
+    /// Stops the VM's terminal and SSH (their ports are free when this returns) and
+    /// forgets it.
     async fn forget(&self, vm_id: u32) -> ApiResult<()> {
         let terminal = self.terminals().remove(&vm_id);
         if let Some(terminal) = terminal {
             terminal.stop().await;
+        }
+        let ssh_server = self.ssh_servers().remove(&vm_id);
+        if let Some(ssh_server) = ssh_server {
+            ssh_server.stop().await;
         }
         self.table.remove(vm_id).map_err(table_failure)
     }
@@ -290,6 +362,7 @@ impl VmManager {
             status: "ok".into(),
             active_vms: self.live_records().await?.len() as u32,
             max_vms: self.settings.max_vms as u32,
+            ssh: self.settings.ssh.is_some(),
         })
     }
 
@@ -322,6 +395,17 @@ impl VmManager {
                         continue;
                     }
                     let address = SocketAddr::new(self.settings.listen_ip, record.web_port);
+                    match self.bind_ssh(record.vm_id).await {
+                        Ok(Some(listener)) => {
+                            self.start_ssh(listener, record.vm_id, sandbox_id.clone())
+                        }
+                        Ok(None) => {}
+                        Err(failure) => tracing::error!(
+                            vm_id = record.vm_id,
+                            message = %failure.message,
+                            "cannot serve the ssh of a vm again"
+                        ),
+                    }
                     match tokio::net::TcpListener::bind(address).await {
                         Ok(listener) => self.start_terminal(listener, &record, sandbox_id.clone()),
                         Err(error) => tracing::error!(
@@ -369,6 +453,14 @@ impl VmManager {
             .collect();
         for terminal in terminals {
             terminal.stop().await;
+        }
+        let ssh_servers: Vec<SshServer> = self
+            .ssh_servers()
+            .drain()
+            .map(|(_, server)| server)
+            .collect();
+        for server in ssh_servers {
+            server.stop().await;
         }
     }
 }
@@ -432,6 +524,7 @@ mod tests {
             listen_ip: IpAddr::from([127, 0, 0, 1]),
             public_host: "node.example".into(),
             web_port_base: 7700,
+            ssh: None,
         }
     }
 

@@ -10,6 +10,8 @@ use cthulu_server::{AccessToken, Server, ServerConfig, ServerError};
 use cthulu_types::BackendKind;
 
 use crate::manager::{VmManager, VmSettings};
+use crate::ssh::keys::KeyError;
+use crate::ssh::{SshConfig, SshService};
 use crate::table::{TableError, VmTable};
 use crate::terminal::TerminalAssets;
 
@@ -35,6 +37,8 @@ pub struct NodeConfig {
     pub web_port_base: u16,
     /// xterm.js and friends for the terminal page.
     pub terminal_assets: TerminalAssets,
+    /// `None`: no SSH (`ssh_port` 0).
+    pub ssh: Option<SshConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,8 @@ pub enum NodeError {
     Server(#[from] ServerError),
     #[error(transparent)]
     Table(#[from] TableError),
+    #[error(transparent)]
+    SshKey(#[from] KeyError),
     #[error("--max-vms must be at least 1")]
     NoVms,
 }
@@ -69,6 +75,10 @@ impl Node {
             return Err(NodeError::NoVms);
         }
         private_home(&config.server.home)?;
+        let ssh = match &config.ssh {
+            Some(ssh) => Some(SshService::start(ssh, &config.server.home)?),
+            None => None,
+        };
         let mut server_config = config.server;
         server_config.access_token = Some(config.token);
         server_config.default_backend = Some(config.backend);
@@ -86,6 +96,7 @@ impl Node {
                 .public_host
                 .unwrap_or_else(|| default_public_host(listen.ip())),
             web_port_base: config.web_port_base,
+            ssh,
         };
         let manager = Arc::new(VmManager::new(
             server.state(),
@@ -106,7 +117,7 @@ impl Node {
         &self.manager
     }
 
-    /// Serves until `shutdown` completes, then stops the terminals. The VMs keep running;
+    /// Serves until `shutdown` completes, then stops the terminals and SSH listeners. The VMs keep running;
     /// a node started again on the same home serves them again.
     pub async fn run_until(
         self,

@@ -23,8 +23,9 @@ pub struct VmResponse {
     pub tier: String,
     /// The guest's address when it has one of its own, else empty.
     pub guest_ip: String,
-    /// 0: this node serves no SSH yet.
+    /// The VM's SSH port (public keys only, docs/node.md); 0: this node serves no SSH.
     pub ssh_port: u16,
+    /// `ssh -p <ssh_port> root@<host>`, or a shell comment saying SSH is off.
     pub ssh_command: String,
     /// The port of the VM's web terminal.
     pub web_port: u16,
@@ -57,4 +58,7 @@ pub struct NodeHealth {
     pub status: String,
     pub active_vms: u32,
     pub max_vms: u32,
+    /// Whether the node serves SSH to its VMs (absent from older nodes: false).
+    #[serde(default)]
+    pub ssh: bool,
 }

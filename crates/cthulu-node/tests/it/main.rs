@@ -6,6 +6,7 @@ mod auth;
 mod qemu;
 mod restart;
 mod secrets;
+mod ssh;
 mod support;
 mod terminal;
 mod ttyd;

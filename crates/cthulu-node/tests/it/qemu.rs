@@ -14,6 +14,7 @@ async fn a_qemu_vm_gets_a_working_terminal() {
     let Some(node) = TestNode::start(Options {
         backend: cthulu_types::BackendKind::Qemu,
         max_vms: 2,
+        ..Options::default()
     })
     .await
     else {

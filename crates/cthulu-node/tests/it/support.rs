@@ -18,6 +18,8 @@ pub const TOKEN: &str = "node-test-token-4f1c9a";
 pub struct Options {
     pub backend: BackendKind,
     pub max_vms: usize,
+    /// Serve SSH (keys: `<home>/authorized_keys`) on ports after the web ports.
+    pub ssh: bool,
 }
 
 impl Default for Options {
@@ -25,6 +27,7 @@ impl Default for Options {
         Options {
             backend: BackendKind::Namespace,
             max_vms: 4,
+            ssh: false,
         }
     }
 }
@@ -64,6 +67,12 @@ fn free_port_range(count: u16) -> u16 {
     panic!("no free range of {count} ports");
 }
 
+fn ssh_port_base(options: &Options, web_port_base: u16) -> Option<u16> {
+    options
+        .ssh
+        .then_some(web_port_base + options.max_vms as u16 + 2)
+}
+
 impl TestNode {
     /// A node, or `None` after a SKIP line when its backend cannot run here.
     pub async fn start(options: Options) -> Option<TestNode> {
@@ -71,8 +80,14 @@ impl TestNode {
             .prefix("cthulu-node-test-")
             .tempdir()
             .expect("a temporary home");
-        let web_port_base = free_port_range(options.max_vms as u16 + 2);
+        let ports = options.max_vms as u16 + 2;
+        let web_port_base = free_port_range(ports * 2);
         TestNode::start_in(home, options, web_port_base).await
+    }
+
+    /// SSH ports follow the web ports (both ranges were free at start).
+    pub fn ssh_port_base(&self) -> Option<u16> {
+        ssh_port_base(&self.options, self.web_port_base)
     }
 
     async fn start_in(home: TempDir, options: Options, web_port_base: u16) -> Option<TestNode> {
@@ -101,6 +116,14 @@ impl TestNode {
             public_host: None,
             web_port_base,
             terminal_assets: test_assets,
+            ssh: ssh_port_base(&options, web_port_base).map(|port_base| {
+                cthulu_node::ssh::SshConfig {
+                    port_base,
+                    authorized_keys: None,
+                    // Short, so the silent-client test sees it end.
+                    login_timeout: std::time::Duration::from_secs(2),
+                }
+            }),
         };
         let node = match Node::start(config).await {
             Ok(node) => node,

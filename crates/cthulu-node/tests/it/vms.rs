@@ -41,7 +41,7 @@ async fn vms_are_created_listed_got_and_deleted_with_the_earlier_shapes() {
     assert_eq!(status, 200, "{health}");
     assert_eq!(
         health,
-        json!({"status": "ok", "active_vms": 0, "max_vms": 4})
+        json!({"status": "ok", "active_vms": 0, "max_vms": 4, "ssh": false})
     );
 
     let (status, nano) = api
@@ -224,7 +224,7 @@ async fn creates_past_the_limit_are_refused_cleanly_until_a_vm_is_deleted() {
     let (_, health) = api.get("/health").await;
     assert_eq!(
         health,
-        json!({"status": "ok", "active_vms": 2, "max_vms": 2})
+        json!({"status": "ok", "active_vms": 2, "max_vms": 2, "ssh": false})
     );
 
     let (status, _) = api.delete("/vms/1").await;

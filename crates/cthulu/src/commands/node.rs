@@ -48,6 +48,16 @@ pub struct RunNodeArgs {
     /// Web port of VM 0; VM n gets this + n
     #[arg(long, env = "CTHULU_NODE_WEB_PORT_BASE", default_value_t = cthulu_node::DEFAULT_WEB_PORT_BASE)]
     pub web_port_base: u16,
+    /// SSH port of VM 0; VM n gets this + n
+    #[arg(long, env = "CTHULU_NODE_SSH_PORT_BASE", default_value_t = cthulu_node::ssh::DEFAULT_SSH_PORT_BASE)]
+    pub ssh_port_base: u16,
+    /// The OpenSSH `authorized_keys` file whose keys may log in to the VMs, read at each
+    /// login [default: <home>/authorized_keys]
+    #[arg(long, env = "CTHULU_NODE_SSH_AUTHORIZED_KEYS")]
+    pub ssh_authorized_keys: Option<PathBuf>,
+    /// Serve no SSH (`ssh_port` is 0)
+    #[arg(long, env = "CTHULU_NODE_NO_SSH")]
+    pub no_ssh: bool,
 }
 
 /// The node's state directory: `--home`, else `$CTHULU_NODE_HOME` (clap reads it), else
@@ -104,6 +114,11 @@ async fn run_node(args: RunNodeArgs) -> anyhow::Result<u8> {
         public_host: args.public_host,
         web_port_base: args.web_port_base,
         terminal_assets,
+        ssh: (!args.no_ssh).then_some(cthulu_node::ssh::SshConfig {
+            port_base: args.ssh_port_base,
+            authorized_keys: args.ssh_authorized_keys,
+            ..cthulu_node::ssh::SshConfig::default()
+        }),
     };
     let node = match Node::start(config.clone()).await {
         // Without --backend, qemu is only the first choice.
@@ -129,6 +144,7 @@ async fn run_node(args: RunNodeArgs) -> anyhow::Result<u8> {
         backend = %manager.backend,
         max_vms = manager.max_vms,
         web_ports = %format!("{}..{}", manager.web_port_base, u32::from(manager.web_port_base) + manager.max_vms as u32 - 1),
+        ssh_ports = %manager.ssh.as_ref().map_or("off".to_owned(), |ssh| format!("{}..{}", ssh.port_base, u32::from(ssh.port_base) + manager.max_vms as u32 - 1)),
         "node listening on http://{}",
         node.local_addr()
     );

@@ -3,6 +3,7 @@
 
 mod measure;
 mod node;
+mod node_ssh;
 mod report;
 mod runs;
 mod vm;

@@ -28,6 +28,8 @@ struct NodeReport {
     vms: u32,
     create_to_first_echo: Option<Latency>,
     keystroke_to_echo: Option<Latency>,
+    /// `ssh … true` on VM 0 (node_ssh.rs); absent without OpenSSH.
+    ssh_exec: Option<Latency>,
 }
 
 type Socket =
@@ -41,6 +43,10 @@ pub async fn run(global: &GlobalArgs, args: &BenchArgs, vms: u32) -> anyhow::Res
         .tempdir()
         .context("cannot create a temporary home for the bench node")?;
     let token = cthulu_server::AccessToken::generate();
+    let ssh_key = super::node_ssh::prepare(home.path())?;
+    // Web ports first, then as many SSH ports.
+    let web_port_base = free_port_range(vms * 2)?;
+    let ssh_port_base = web_port_base + vms as u16;
     let config = cthulu_node::NodeConfig {
         server: cthulu_server::ServerConfig {
             home: home.path().to_owned(),
@@ -62,8 +68,12 @@ pub async fn run(global: &GlobalArgs, args: &BenchArgs, vms: u32) -> anyhow::Res
         // The warm-up VM is gone before the timed ones fill the node to its maximum.
         max_vms: vms as usize,
         public_host: None,
-        web_port_base: free_port_range(vms)?,
+        web_port_base,
         terminal_assets: cthulu_node::no_assets,
+        ssh: ssh_key.as_ref().map(|_| cthulu_node::ssh::SshConfig {
+            port_base: ssh_port_base,
+            ..cthulu_node::ssh::SshConfig::default()
+        }),
     };
     let node = cthulu_node::Node::start(config)
         .await
@@ -74,7 +84,15 @@ pub async fn run(global: &GlobalArgs, args: &BenchArgs, vms: u32) -> anyhow::Res
         let _ = stopped.await;
     }));
     let http = reqwest::Client::new();
-    let outcome = measure(&http, &url, token.expose(), vms, args.iterations).await;
+    let mut outcome = measure(&http, &url, token.expose(), vms, args.iterations).await;
+    let mut ssh_exec = Vec::new();
+    if let (Ok(_), Some(key)) = (&outcome, &ssh_key) {
+        eprintln!("bench: node: ssh exec on vm 0");
+        match super::node_ssh::measure(key, ssh_port_base, args.iterations).await {
+            Ok(samples) => ssh_exec = samples,
+            Err(error) => outcome = Err(error),
+        }
+    }
     // Every VM goes, whatever happened.
     for vm_id in 0..vms {
         let _ = http
@@ -91,6 +109,7 @@ pub async fn run(global: &GlobalArgs, args: &BenchArgs, vms: u32) -> anyhow::Res
         vms,
         create_to_first_echo: Latency::of(&create_to_first_echo),
         keystroke_to_echo: Latency::of(&keystroke_to_echo),
+        ssh_exec: Latency::of(&ssh_exec),
     };
     if global.json {
         print_json(&report)?;
@@ -111,6 +130,7 @@ pub async fn run(global: &GlobalArgs, args: &BenchArgs, vms: u32) -> anyhow::Res
             "  keystroke → echo:        {}",
             show(&report.keystroke_to_echo)
         );
+        println!("  ssh … true (VM 0):       {}", show(&report.ssh_exec));
     }
     Ok(crate::exit::SUCCESS)
 }
