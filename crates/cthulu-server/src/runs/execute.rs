@@ -114,7 +114,10 @@ pub async fn execute(job: Job) {
     };
     if let Some(sandbox) = &sandbox {
         if status != RunStatus::Cancelled && sandbox.handle.status() == SandboxStatus::Running {
-            match read_changes(&job, sandbox).await {
+            let reading = Instant::now();
+            let changes = read_changes(&job, sandbox).await;
+            tracing::debug!(run_id = %job.run_id, ms = millis(reading.elapsed()), "read the run's changes");
+            match changes {
                 Ok(changes) => end.changes = Some(changes),
                 Err(problem) => {
                     tracing::warn!(run_id = %job.run_id, %problem, "cannot compute the changes of a run");
@@ -126,7 +129,12 @@ pub async fn execute(job: Job) {
         }
         if job.stored.keep {
             end.kept_sandbox = Some(sandbox.id.clone());
-        } else if let Err(failure) = job.state.destroy(&sandbox.id).await {
+        } else if let Err(failure) = {
+            let destroying = Instant::now();
+            let destroyed = job.state.destroy(&sandbox.id).await;
+            tracing::debug!(run_id = %job.run_id, ms = millis(destroying.elapsed()), "destroyed the run's sandbox");
+            destroyed
+        } {
             tracing::error!(run_id = %job.run_id, sandbox_id = %sandbox.id, message = %failure.message, "cannot destroy the sandbox of a run");
         }
     }
