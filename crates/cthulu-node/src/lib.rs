@@ -11,6 +11,7 @@
 //! - [`ssh`] serves each VM's SSH (public keys only) on its own port.
 //! - [`Tier`]: the VM sizes.
 
+pub mod listener;
 pub mod manager;
 pub mod node;
 pub mod routes;

@@ -284,28 +284,13 @@ fn smallest_free(taken: &[u32]) -> u32 {
 }
 
 fn migrate(connection: &Connection, path: &Path) -> Result<(), TableError> {
-    let applied = connection
-        .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
-        .map_err(|source| TableError::Migrate {
-            path: path.to_owned(),
-            version: 0,
-            source,
-        })? as usize;
-    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
-        let version = index + 1;
-        let run = || -> rusqlite::Result<()> {
-            let transaction = connection.unchecked_transaction()?;
-            transaction.execute_batch(migration)?;
-            transaction.pragma_update(None, "user_version", version as i64)?;
-            transaction.commit()
-        };
-        run().map_err(|source| TableError::Migrate {
+    cthulu_server::db::apply_migrations(connection, MIGRATIONS).map_err(|(version, source)| {
+        TableError::Migrate {
             path: path.to_owned(),
             version,
             source,
-        })?;
-    }
-    Ok(())
+        }
+    })
 }
 
 #[cfg(test)]

@@ -373,14 +373,24 @@ fn restrict_mode(path: &Path) -> std::io::Result<()> {
 }
 
 fn migrate(connection: &Connection, path: &Path) -> Result<(), DbError> {
-    let applied: usize = connection
+    apply_migrations(connection, MIGRATIONS).map_err(|(version, source)| DbError::Migrate {
+        path: path.to_owned(),
+        version,
+        source,
+    })
+}
+
+/// Runs the migrations of `migrations` not yet applied (SQLite's `user_version` counts
+/// them), each in a transaction with its version; `Err` names the version that failed
+/// (0: reading the version). Also the node's table (crates/cthulu-node).
+pub fn apply_migrations(
+    connection: &Connection,
+    migrations: &[&str],
+) -> Result<(), (usize, rusqlite::Error)> {
+    let applied = connection
         .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
-        .map_err(|source| DbError::Migrate {
-            path: path.to_owned(),
-            version: 0,
-            source,
-        })? as usize;
-    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        .map_err(|source| (0, source))? as usize;
+    for (index, migration) in migrations.iter().enumerate().skip(applied) {
         let version = index + 1;
         let run = || -> rusqlite::Result<()> {
             let transaction = connection.unchecked_transaction()?;
@@ -388,11 +398,7 @@ fn migrate(connection: &Connection, path: &Path) -> Result<(), DbError> {
             transaction.pragma_update(None, "user_version", version as i64)?;
             transaction.commit()
         };
-        run().map_err(|source| DbError::Migrate {
-            path: path.to_owned(),
-            version,
-            source,
-        })?;
+        run().map_err(|source| (version, source))?;
     }
     Ok(())
 }

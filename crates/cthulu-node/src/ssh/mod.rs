@@ -33,8 +33,6 @@ pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A client silent this long is asked whether it is alive; after 3 unanswered asks, it
 /// is dropped (an idle but live shell stays).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// How long [`SshServer::stop`] waits for the listener to end.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `cthulu node --ssh-port-base`, `--ssh-authorized-keys`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,9 +150,7 @@ pub struct SshContext {
 /// A running SSH listener. Stopping (or dropping) it closes the listener and ends its
 /// connections, which kills their processes.
 pub struct SshServer {
-    address: SocketAddr,
-    stop: watch::Sender<()>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    port: crate::listener::ServedPort,
 }
 
 impl SshServer {
@@ -177,31 +173,17 @@ impl SshServer {
             stopping,
         ));
         SshServer {
-            address,
-            stop,
-            task: Some(task),
+            port: crate::listener::ServedPort::new(address, stop, task, "an ssh"),
         }
     }
 
     pub fn address(&self) -> SocketAddr {
-        self.address
+        self.port.address()
     }
 
-    /// Stops serving; returns once the port is free again.
-    pub async fn stop(mut self) {
-        let _ = self.stop.send(());
-        if let Some(mut task) = self.task.take() {
-            if tokio::time::timeout(STOP_TIMEOUT, &mut task).await.is_err() {
-                tracing::warn!(address = %self.address, "an ssh listener did not stop within {STOP_TIMEOUT:?}");
-                task.abort();
-            }
-        }
-    }
-}
-
-impl Drop for SshServer {
-    fn drop(&mut self) {
-        let _ = self.stop.send(());
+    /// Stops serving; returns once the port is free again and the sessions have ended.
+    pub async fn stop(self) {
+        self.port.stop().await;
     }
 }
 

@@ -16,7 +16,6 @@ pub mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
@@ -55,13 +54,8 @@ pub struct TerminalContext {
 /// A running terminal listener. Stopping it (or dropping it) closes the listener and
 /// ends its sessions, which kills their shells.
 pub struct TerminalServer {
-    address: SocketAddr,
-    stop: watch::Sender<()>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    port: crate::listener::ServedPort,
 }
-
-/// How long [`TerminalServer::stop`] waits for the listener and its sessions to end.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Shared {
     context: TerminalContext,
@@ -92,33 +86,17 @@ impl TerminalServer {
             }
         });
         TerminalServer {
-            address,
-            stop,
-            task: Some(task),
+            port: crate::listener::ServedPort::new(address, stop, task, "a terminal"),
         }
     }
 
     pub fn address(&self) -> SocketAddr {
-        self.address
+        self.port.address()
     }
 
-    /// Stops serving and returns once the port is free again (a new node or VM can bind
-    /// it) and the sessions have ended.
-    pub async fn stop(mut self) {
-        let _ = self.stop.send(());
-        if let Some(mut task) = self.task.take() {
-            if tokio::time::timeout(STOP_TIMEOUT, &mut task).await.is_err() {
-                tracing::warn!(address = %self.address, "a terminal listener did not stop within {STOP_TIMEOUT:?}");
-                task.abort();
-            }
-        }
-    }
-}
-
-impl Drop for TerminalServer {
-    fn drop(&mut self) {
-        // Wakes the listener and every session; they see the sender gone and end.
-        let _ = self.stop.send(());
+    /// Stops serving; returns once the port is free again and the sessions have ended.
+    pub async fn stop(self) {
+        self.port.stop().await;
     }
 }
 
